@@ -1,0 +1,54 @@
+"""`python -m pipeline <command>`: one entry point for every stage and tool.
+
+Only the chosen command's module is imported, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "compose": ("pipeline.cli_compose", "compose conf/ (+ Hydra overrides) into params.yaml"),
+    "explain": ("pipeline.cli_explain", "print the resolved training plan with a reason per value"),
+    "prepare": ("pipeline.prepare", "stage 1: read, validate and split a dataset into YOLO layout"),
+    "analyze": ("pipeline.analyze", "stage 2: dataset statistics, plots and recommendations"),
+    "train": ("pipeline.train", "stage 3: train from scratch with Ultralytics, tracked in MLflow"),
+    "evaluate": ("pipeline.evaluate", "stage 4: test-split metrics, per-class AP, thresholds"),
+    "export": ("pipeline.export", "stage 5: ONNX/TorchScript/OpenVINO export with parity checks"),
+    "benchmark": ("pipeline.benchmark", "stage 6: latency, throughput and accuracy per format"),
+    "deploy": ("pipeline.deploy", "on the target device: build and check a TensorRT engine"),
+    "retrain": ("pipeline.retrain", "scheduled retraining with champion/challenger promotion"),
+    "rollback": ("pipeline.retrain", "point the registry's champion alias back to the previous one"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m pipeline <command> [options]   (<command> --help for its options)", ""]
+    lines.append("commands:")
+    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [
+        "",
+        "The six stages run in order with `dvc repro`; each reads params.yaml (composed from conf/).",
+        "Example: python -m pipeline explain sensor=thermal model=yolo11s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    from pipeline.cli import run_guarded
+
+    return run_guarded(lambda: module.main(rest, prog=f"python -m pipeline {command}", command=command))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
