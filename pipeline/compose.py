@@ -6,8 +6,9 @@ so `python -m pipeline compose [overrides...]` is the project's way to refresh p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

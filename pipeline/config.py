@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -80,9 +80,9 @@ class HardwareConfig:
     memory_gb: float = MISSING
     workers: int = 2
     amp: bool = False
-    time_hours: Optional[float] = None
+    time_hours: float | None = None
     export_precision: str = "fp32"
-    target_fps: Optional[float] = None
+    target_fps: float | None = None
     max_scale: str = "x"
     batch: dict[str, dict[int, int]] = field(default_factory=dict)
 
@@ -126,7 +126,7 @@ class SyntheticConfig:
 class DataConfig:
     name: str = MISSING
     format: str = MISSING
-    path: Optional[str] = None
+    path: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -216,7 +216,7 @@ class EvaluateConfig:
     split: str = "test"
     conf: float = 0.001
     iou: float = 0.7
-    target_precision: Optional[float] = None
+    target_precision: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.split in ("test", "val"), "evaluate.split", self.split, "use test or val")
@@ -272,7 +272,7 @@ def validate(raw: DictConfig | dict, source: str = "config") -> PipelineConfig:
 def _describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None)
     message = str(exc).splitlines()[0]
-    if "not in" in message or "Key '" in message and "not" in message:
+    if "not in" in message:
         return f"unknown key '{key}' ({message}); check its spelling against conf/"
     if "MISSING" in message or "Missing mandatory value" in message:
         return f"'{key}' must be set (it is '???' in conf/); e.g. -S {key}=..."

@@ -130,7 +130,9 @@ def _render(
         _paint(canvas, mask, obj, sensor, xx, yy)
         rows, cols = np.nonzero(mask)
         x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
-        boxes.append([obj.cls, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size])
+        boxes.append(
+            [obj.cls, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size]
+        )
     if sensor == "thermal":
         noisy = canvas + rng.normal(0, 30, canvas.shape)  # temporal noise (NETD)
         image = np.clip(noisy, 0, 65535).astype(np.uint16)
