@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,9 @@ def lineage_tags(cfg: PipelineConfig, identity: str, dataset_hash: str) -> dict[
 # ---- the stage ------------------------------------------------------------------------------------
 
 
-def run(cfg: PipelineConfig) -> TrainResult:
+def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train per the plan. Extra `callbacks` run at each epoch end after the MLflow logger
+    (e.g. a sweep's pruning callback, which may set `trainer.stop`)."""
     from pipeline import tracking
     from pipeline.config import to_flat_dict
     from pipeline.trainer import EpochLogger, logged_steps
@@ -180,7 +183,7 @@ def run(cfg: PipelineConfig) -> TrainResult:
             run_id, tracking.tracking_uri(cfg), logged_steps(run_id, tracking.tracking_uri(cfg))
         )
         logger.backfill(epoch_rows(save_dir / "results.csv"))  # epochs a kill left unlogged
-        weights = fit(cfg, plan, save_dir, logger, resume=resume)
+        weights = fit(cfg, plan, save_dir, [logger, *callbacks], resume=resume)
         rows = epoch_rows(save_dir / "results.csv")
         metrics = final_metrics(rows)
         tracking.log_metrics(metrics, prefix="final/")
@@ -190,7 +193,7 @@ def run(cfg: PipelineConfig) -> TrainResult:
     return TrainResult(run_id, resume, weights, len(rows), metrics)
 
 
-def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, logger, resume: bool) -> Path:
+def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any], resume: bool) -> Path:
     """Run Ultralytics (resuming from last.pt when asked); translate its failures into advice."""
     from pipeline.yolo import import_ultralytics
 
@@ -202,12 +205,10 @@ def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, logger, resume: bool) -
     try:
         if resume:
             print(f"resuming from {save_dir / 'weights/last.pt'}", flush=True)
-            model = YOLO(str(save_dir / "weights/last.pt"))
-            model.add_callback("on_fit_epoch_end", logger)
+            model = with_callbacks(YOLO(str(save_dir / "weights/last.pt")), callbacks)
             model.train(resume=True)
         else:
-            model = YOLO(cfg.model.architecture)
-            model.add_callback("on_fit_epoch_end", logger)
+            model = with_callbacks(YOLO(cfg.model.architecture), callbacks)
             model.train(**train_arguments(cfg, plan, data_yaml, save_dir))
     except torch.OutOfMemoryError as exc:
         raise PipelineError(oom_advice(cfg, plan)) from exc
@@ -216,6 +217,12 @@ def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, logger, resume: bool) -
             raise PipelineError(NAN_HELP) from exc
         raise
     return save_dir / "weights/best.pt"
+
+
+def with_callbacks(model, callbacks: Sequence[Any]):
+    for callback in callbacks:
+        model.add_callback("on_fit_epoch_end", callback)
+    return model
 
 
 def final_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

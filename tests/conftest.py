@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny configurations whose outputs all live under a test's tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.compose import compose_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def tiny_overrides(root: Path, images: int = 32, size: int = 64) -> list[str]:
+    """Overrides for a seconds-long pipeline: tiny synthetic data, tiny images, two epochs."""
+    return [
+        f"data.synthetic.images={images}",
+        f"data.synthetic.size={size}",
+        *(f"paths.{key}={root / key}" for key in ("prepared", "analysis", "train", "train_report")),
+        *(f"paths.{key}={root / key}" for key in ("evaluation", "export", "benchmark")),
+        f"track.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+        "train.epochs=2",
+        f"train.imgsz={size}",
+        "train.batch=8",
+        "train.workers=0",
+        "train.time_hours=null",
+        "train.warmup_epochs=0",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A composed, validated config for a tiny run under tmp_path."""
+    return compose_config(tiny_overrides(tmp_path))
+
+
+def require_shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real-data tests need ../shared/datasets beside the project")
+    return path
