@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": ("pipeline.evaluate", "stage 4: test-split metrics, per-class AP, thresholds"),
     "export": ("pipeline.export", "stage 5: ONNX/TorchScript/OpenVINO export with parity checks"),
     "benchmark": ("pipeline.benchmark", "stage 6: latency, throughput and accuracy per format"),
+    "launch": ("pipeline.launch", "print (or run) the torchrun command for multi-node training"),
     "deploy": ("pipeline.deploy", "on the target device: build and check a TensorRT engine"),
     "retrain": ("pipeline.retrain", "scheduled retraining with champion/challenger promotion"),
     "rollback": ("pipeline.retrain", "point the registry's champion alias back to the previous one"),

@@ -118,20 +118,22 @@ def state_path(save_dir: Path) -> Path:
     return save_dir.parent / f"{save_dir.name}.{STATE_FILE}"
 
 
-def previous_attempt(save_dir: Path, identity: str) -> tuple[str | None, bool]:
-    """(MLflow run id to continue, whether last.pt can be resumed) for an unfinished identical run.
-
-    Anything else in the run directory (another config's run, a finished run being redone) is cleared.
-    """
+def unfinished_attempt(save_dir: Path, identity: str) -> tuple[str | None, bool]:
+    """(MLflow run id to continue, whether last.pt can be resumed) of an unfinished identical run."""
     path = state_path(save_dir)
     state = read_json(path) if path.exists() else None
     if state and state["identity"] == identity and not state["finished"]:
-        if (save_dir / "weights/last.pt").exists():
-            return state["run_id"], True
-        shutil.rmtree(save_dir, ignore_errors=True)  # killed before the first checkpoint
-        return state["run_id"], False
-    shutil.rmtree(save_dir, ignore_errors=True)
+        return state["run_id"], (save_dir / "weights/last.pt").exists()
     return None, False
+
+
+def previous_attempt(save_dir: Path, identity: str) -> tuple[str | None, bool]:
+    """`unfinished_attempt`, clearing the run directory of anything that will not be resumed
+    (another config's run, a finished run being redone, a kill before the first checkpoint)."""
+    run_id, resume = unfinished_attempt(save_dir, identity)
+    if not resume:
+        shutil.rmtree(save_dir, ignore_errors=True)
+    return run_id, resume
 
 
 def lineage_tags(cfg: PipelineConfig, identity: str, dataset_hash: str) -> dict[str, str]:
@@ -160,15 +162,19 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     (e.g. a sweep's pruning callback, which may set `trainer.stop`)."""
     from pipeline import tracking
     from pipeline.config import to_flat_dict
-    from pipeline.trainer import EpochLogger, logged_steps
+    from pipeline.trainer import EpochLogger, is_main_rank, logged_steps
 
     dataset_hash = read_dataset_hash(cfg)
     plan = resolve_plan(cfg, read_facts(cfg))
-    print(plan.table(), flush=True)
     report_dir, save_dir = Path(cfg.paths.train_report), Path(cfg.paths.train)
-    write_json(report_dir / "plan.json", plan.as_dict())
-
     identity = training_identity(cfg, dataset_hash)
+    if not is_main_rank():  # another rank under torchrun: train only; rank 0 tracks and reports
+        _, resume = unfinished_attempt(save_dir, identity)
+        weights = fit(cfg, plan, save_dir, callbacks, resume=resume)
+        return TrainResult("", resume, weights, 0, {})
+
+    print(plan.table(), flush=True)
+    write_json(report_dir / "plan.json", plan.as_dict())
     previous_run_id, resume = previous_attempt(save_dir, identity)
     mlflow = tracking.configure(cfg)
     run_name = os.environ.get("DVC_EXP_NAME") or f"{cfg.model.name}-{cfg.sensor.name}-{cfg.data.name}"
@@ -197,19 +203,20 @@ def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any
     """Run Ultralytics (resuming from last.pt when asked); translate its failures into advice."""
     from pipeline.yolo import import_ultralytics
 
-    import_ultralytics()
+    YOLO = import_ultralytics().YOLO  # configures Ultralytics before anything imports it
     import torch
-    from ultralytics import YOLO
+
+    from pipeline.detection_trainer import PipelineTrainer
 
     data_yaml = Path(cfg.paths.prepared) / "data.yaml"
     try:
         if resume:
             print(f"resuming from {save_dir / 'weights/last.pt'}", flush=True)
             model = with_callbacks(YOLO(str(save_dir / "weights/last.pt")), callbacks)
-            model.train(resume=True)
+            model.train(resume=True, trainer=PipelineTrainer)
         else:
             model = with_callbacks(YOLO(cfg.model.architecture), callbacks)
-            model.train(**train_arguments(cfg, plan, data_yaml, save_dir))
+            model.train(trainer=PipelineTrainer, **train_arguments(cfg, plan, data_yaml, save_dir))
     except torch.OutOfMemoryError as exc:
         raise PipelineError(oom_advice(cfg, plan)) from exc
     except RuntimeError as exc:

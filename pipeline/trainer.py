@@ -59,3 +59,11 @@ class EpochLogger:
         if metrics:
             MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=metrics)
             self.logged |= {metric.step for metric in metrics}
+
+
+def global_world_size(local_devices: int, environ: dict[str, str]) -> int:
+    """Under torchrun across nodes, the world is every node's processes, not this node's devices."""
+    launched = int(environ.get("WORLD_SIZE", "1"))
+    return (
+        launched if int(environ.get("LOCAL_RANK", "-1")) != -1 and launched > local_devices else local_devices
+    )

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.compose import compose_config
+from pipeline.yolo import import_ultralytics
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+import_ultralytics()  # before any test imports Ultralytics: project settings dir, integrations off
 
 
 def tiny_overrides(root: Path, images: int = 32, size: int = 64) -> list[str]:
