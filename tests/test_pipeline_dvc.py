@@ -93,7 +93,8 @@ def _experiment_ids(client: MlflowClient) -> list[str]:
 
 def failing_exp_run(repo: Path, override: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    done = subprocess.run(["dvc", "exp", "run", "-S", override], cwd=repo, capture_output=True, text=True, env=env)
+    command = ["dvc", "exp", "run", "-S", override]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env)
     assert done.returncode != 0, f"dvc exp run -S {override} should fail"
     return done.stdout + done.stderr
 
