@@ -27,14 +27,20 @@ HEADER = (
 def compose_raw(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
     """Hydra composition of conf/config.yaml with command-line style overrides."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    # Inside a running Hydra app (a sweep job) the global instance is taken: set it aside.
+    running_app = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
             return compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose {conf_dir} with {list(overrides)}: {exc}") from None
+    finally:
+        GlobalHydra.instance().hydra = running_app
 
 
 def compose_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> PipelineConfig:

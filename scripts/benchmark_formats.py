@@ -1,0 +1,100 @@
+"""YOLO11n at 640 px on this CPU: each format's p50 inference latency and its ratio to PyTorch eager.
+
+The target (issue 5): the fastest exported format's p50 at most 0.35x PyTorch eager's. The model is
+built from yolo11n.yaml with random weights (nothing is downloaded; latency does not depend on the
+weight values), exported with the export stage's own arguments, and timed with the benchmark
+stage's code: every runtime at the same thread count, warmed up, then timed in turn (one run of
+each per round). PyTorch eager is the fused model as Ultralytics predicts with it. OpenVINO runs
+at f32 and, where the CPU computes bf16 natively, at bf16 (OpenVINO's own default on such CPUs).
+
+    .venv/bin/python scripts/benchmark_formats.py [--threads 2] [--runs 50] [--warmup 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import benchmark, export
+from pipeline.compose import compose_config
+from pipeline.inference import cpu_supports, open_runner
+from pipeline.modelinfo import ModelInfo, file_sha256
+
+TARGET_RATIO = 0.35
+FORMATS = ("onnx", "torchscript", "openvino")
+
+
+def random_yolo11n(folder: Path) -> Path:
+    from pipeline.yolo import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n.yaml")
+    model.save(folder / "model.pt")
+    return folder / "model.pt"
+
+
+def test_image(imgsz: int):
+    """A 640 px synthetic RGB scene, BGR as OpenCV reads images."""
+    from pipeline.synthetic import generate
+
+    return next(generate("rgb", 1, imgsz, 0)).image[..., ::-1].copy()
+
+
+def runners(weights: Path, info: ModelInfo, threads: int) -> list:
+    cfg = compose_config([f"export.opset={17}"])
+    found = [open_runner(weights, threads)]
+    for fmt in FORMATS:
+        exported = export.export_format(weights, export.export_arguments(cfg, fmt, info))
+        found.append(open_runner(exported, threads))
+    if cpu_supports("bf16"):
+        found.append(open_runner(weights.with_name("model_openvino_model"), threads, "bf16"))
+    return found
+
+
+def report(timings: dict[str, benchmark.Timing], threads: int) -> bool:
+    eager = timings["pytorch"].p50_ms
+    print(f"\nYOLO11n, 640 px, batch 1, {threads} threads (p50 of inference, formats timed in turn)")
+    print(f"{'format':<16}{'p50 ms':>10}{'p95 ms':>10}{'vs PyTorch':>12}")
+    for name, t in timings.items():
+        print(f"{name:<16}{t.p50_ms:>10.1f}{t.p95_ms:>10.1f}{t.p50_ms / eager:>11.2f}x")
+    name, best = min(((n, t) for n, t in timings.items() if n != "pytorch"), key=lambda item: item[1].p50_ms)
+    ratio = best.p50_ms / eager
+    met = ratio <= TARGET_RATIO
+    print(
+        f"fastest exported format: {name} at {ratio:.2f}x PyTorch eager (target <= {TARGET_RATIO}x): "
+        f"{'met' if met else 'missed'}"
+    )
+    return met
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--imgsz", type=int, default=640)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="benchmark-formats-"))
+    try:
+        weights = random_yolo11n(folder)
+        info = ModelInfo(tuple(str(i) for i in range(80)), args.imgsz, 3, False, file_sha256(weights))
+        sessions = runners(weights, info, args.threads)
+        image = [test_image(args.imgsz)]
+        for runner in sessions:
+            benchmark.warm_up(runner, image, info, [1], args.warmup)
+        timed = benchmark.time_in_turn(sessions, image, info, size=1, runs=args.runs)
+        met = report({name: benchmark.summarise_timing(1, s) for name, s in timed.items()}, args.threads)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
