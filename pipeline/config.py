@@ -449,7 +449,7 @@ class TensorRTConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[str] = field(default_factory=lambda: ["onnx", "torchscript"])
+    formats: list[str] = field(default_factory=lambda: ["onnx", "torchscript", "openvino"])
     opset: int = 17
     dynamic: bool = False
     simplify: bool = True

@@ -1,7 +1,7 @@
 """On the target device: TensorRT engines from the exported ONNX, checked against it, then benchmarked.
 
-`dvc repro deploy/dvc.yaml` (after `dvc unfreeze deploy/dvc.yaml:deploy` on that machine: the stage is
-frozen so the training host's `dvc repro` skips it) or `python -m pipeline deploy` runs on the host that
+`python -m pipeline deploy` (then `dvc commit -f deploy/dvc.yaml:deploy` to record its outputs; the
+stage in deploy/dvc.yaml is frozen so the training host's `dvc repro` skips it) runs on the host that
 will run the engine, never on the training host: engines are tied to the GPU and TensorRT version
 that built them. Without TensorRT or a CUDA device the stage stops before doing anything and says
 what is missing, where it is meant to run, and the equivalent trtexec commands.
@@ -105,8 +105,8 @@ def missing_message(cfg: PipelineConfig, missing: list[str]) -> str:
         f"deploy builds TensorRT engines on the device that will run them, and this machine lacks "
         f"{' and '.join(missing)}. Run it on the target (a Jetson or an RTX host) with TensorRT 10 "
         "(JetPack ships it; elsewhere pip install 'yolo-pipeline[tensorrt]'): `dvc pull` the export and "
-        "the prepared data there, then `dvc unfreeze deploy/dvc.yaml:deploy` once and "
-        "`dvc repro deploy/dvc.yaml` (or `python -m pipeline deploy`). "
+        "the prepared data there, then `python -m pipeline deploy` and "
+        "`dvc commit -f deploy/dvc.yaml:deploy`. "
         f"Equivalent trtexec commands (INT8 reads the cache the calibrator writes):\n  {lines}"
     )
 
