@@ -29,7 +29,14 @@ def configure(cfg: PipelineConfig):
     """Point MLflow at the configured store and experiment; returns the mlflow module."""
     import mlflow
 
+    users_choice = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(cfg))
+    # MLflow exports the URI to the environment; undo that so a later config in this process
+    # (a sweep, a retrain, the tests) is not overridden by this one's store.
+    if users_choice is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = users_choice
     mlflow.set_experiment(cfg.track.experiment)
     return mlflow
 

@@ -45,3 +45,26 @@ def require_shared_dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: the real-data tests need ../shared/datasets beside the project")
     return path
+
+
+# The embedded default shrunk to seconds, merged into conf/config.yaml of a copy of the project.
+TINY_PROJECT = {
+    "data": {"synthetic": {"images": 32, "size": 64}},
+    "hardware": {"workers": 0},
+    "train": {"epochs": 2, "imgsz": 64, "batch": 8, "workers": 0, "time_hours": None, "warmup_epochs": 0},
+    "benchmark": {"warmup": 1, "runs": 3, "images": 4, "batch": 2},
+    "export": {"parity_images": 4},
+}
+EXPERIMENT_OVERRIDES = ("model=yolov8n", "sensor=rgb", "data=synthetic_rgb")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A copy of the project in its own git repo after `dvc repro` and one `dvc exp run` with
+    other groups: two pipeline executions, two MLflow runs. Shared by the DVC and notebook tests."""
+    from tests.dvc_project import command, make_project
+
+    repo = make_project(tmp_path_factory.mktemp("project"), TINY_PROJECT)
+    command(repo, "dvc", "repro")
+    command(repo, "dvc", "exp", "run", *(f"-S{override}" for override in EXPERIMENT_OVERRIDES))
+    return repo

@@ -3,103 +3,66 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
+import time
 from pathlib import Path
 
-import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PROJECT_ROOT
-
-TINY = {
-    "data": {"synthetic": {"images": 32, "size": 64}},
-    "train": {"epochs": 2, "imgsz": 64, "batch": 8, "workers": 0, "time_hours": None, "warmup_epochs": 0},
-    "benchmark": {"warmup": 1, "runs": 3, "images": 4, "batch": 2},
-    "export": {"parity_images": 4},
-}
+from tests.dvc_project import command
 
 
-def run(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(args, cwd=repo, capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A copy of the project whose conf/ defaults are shrunk to seconds, committed to git."""
-    repo = tmp_path_factory.mktemp("project")
-    for name in ("conf", "pipeline", "hydra_plugins", ".dvc"):
-        if (PROJECT_ROOT / name).exists():
-            skip = shutil.ignore_patterns("tmp", "__pycache__")
-            shutil.copytree(PROJECT_ROOT / name, repo / name, ignore=skip)
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        if (PROJECT_ROOT / name).exists():
-            shutil.copy(PROJECT_ROOT / name, repo / name)
-    config = yaml.safe_load((repo / "conf/config.yaml").read_text())
-    for section, values in TINY.items():
-        config[section] = {**config.get(section, {}), **values}
-    (repo / "conf/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run(repo, "git", "init", "-q")
-    run(repo, sys.executable, "-m", "pipeline", "compose")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny project")
-    run(repo, "dvc", "repro")
-    return repo
-
-
-def test_repro_produces_every_stage_output(repo):
-    metrics = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
-    text = json.dumps(metrics)
-    for key in ("mAP50", "mAP50-95", "precision", "recall"):
-        assert f'"{key}"' in text
-    assert (repo / "reports/evaluate/metrics.json").exists()
-    assert (repo / "reports/benchmark/benchmark.json").exists()
-
-
-def test_second_repro_is_up_to_date(repo):
-    out = run(repo, "dvc", "repro").stdout
-    assert "Data and pipelines are up to date" in out
-
-
-def test_one_mlflow_run_holds_train_evaluate_export_and_benchmark(repo):
-    run_id = json.loads((repo / "reports/train/run.json").read_text())["run_id"]
-    data = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(run_id).data
-    assert any(key.startswith("metrics/mAP50") for key in data.metrics)
-    keys = " ".join(data.metrics)
-    assert "eval" in keys and "bench" in keys, keys
-
-
-def test_exp_run_with_overrides_is_its_own_experiment_and_run(repo):
-    run(repo, "dvc", "exp", "run", "-S", "model=yolov8n", "-S", "sensor=rgb", "-S", "data=synthetic_rgb")
-    shown = run(repo, "dvc", "exp", "show", "--json").stdout
-    assert "yolov8n" in shown
+def runs(repo: Path) -> list:
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    runs = client.search_runs(_experiment_ids(client))
-    models = {r.data.params.get("model.name") for r in runs}
-    assert {"yolo11n", "yolov8n"} <= models
-    assert any(r.data.tags.get("dvc.exp_name") for r in runs if r.data.params.get("model.name") == "yolov8n")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-def _experiment_ids(client: MlflowClient) -> list[str]:
-    return [e.experiment_id for e in client.search_experiments()]
+def test_repro_produces_every_stage_output(tiny_pipeline):
+    text = command(tiny_pipeline, "dvc", "metrics", "show", "--json").stdout
+    for key in ("mAP50", "mAP50-95", "precision", "recall", "p50_ms"):
+        assert f'"{key}"' in text, key
+    outputs = (
+        "data/prepared/data.yaml",
+        "reports/analyze/recommendations.json",
+        "reports/train/plan.json",
+        "models/export/models/model.onnx",
+        "reports/benchmark/benchmark.md",
+    )
+    for output in outputs:
+        assert (tiny_pipeline / output).exists(), output
+
+
+def test_second_repro_is_up_to_date_within_seconds(tiny_pipeline):
+    start = time.perf_counter()
+    out = command(tiny_pipeline, "dvc", "repro").stdout
+    assert "Data and pipelines are up to date" in out
+    print(f"second dvc repro: {time.perf_counter() - start:.1f} s")
+
+
+def test_one_mlflow_run_per_execution_holds_every_stage(tiny_pipeline):
+    run_id = json.loads((tiny_pipeline / "reports/train/run.json").read_text())["run_id"]
+    [run] = [r for r in runs(tiny_pipeline) if r.info.run_id == run_id]
+    keys = " ".join(run.data.metrics)
+    for stage_key in ("metrics/mAP50-95_B_", "eval/", "export/", "benchmark/"):
+        assert stage_key in keys, stage_key
+
+
+def test_exp_run_with_overrides_is_its_own_experiment_and_run(tiny_pipeline):
+    shown = command(tiny_pipeline, "dvc", "exp", "show", "--json").stdout
+    assert "yolov8n" in shown and "synthetic_rgb" in shown
+    by_model = {r.data.params.get("model.name"): r for r in runs(tiny_pipeline)}
+    assert set(by_model) == {"yolo11n", "yolov8n"}
+    experiment = by_model["yolov8n"]
+    assert experiment.data.tags["dvc.exp_name"] and experiment.data.params["sensor.name"] == "rgb"
+    assert experiment.info.run_name == experiment.data.tags["dvc.exp_name"]
 
 
 def failing_exp_run(repo: Path, override: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    command = ["dvc", "exp", "run", "-S", override]
-    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env)
+    done = command(repo, "dvc", "exp", "run", "-S", override, check=False)
     assert done.returncode != 0, f"dvc exp run -S {override} should fail"
     return done.stdout + done.stderr
 
 
-def test_wrong_override_fails_at_once_naming_the_choices(repo):
-    output = failing_exp_run(repo, "model=yolo99x")
+def test_wrong_override_fails_at_once_naming_the_choices(tiny_pipeline):
+    output = failing_exp_run(tiny_pipeline, "model=yolo99x")
     assert "yolo99x" in output and "yolo11n" in output
-    assert "train.imgsz=100" in failing_exp_run(repo, "train.imgsz=100")
+    assert "train.imgsz=100" in failing_exp_run(tiny_pipeline, "train.imgsz=100")
