@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.compose import compose_config
 from pipeline.yolo import import_ultralytics
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +33,13 @@ def tiny_overrides(root: Path, images: int = 32, size: int = 64) -> list[str]:
     ]
 
 
-@pytest.fixture
-def tiny_cfg(tmp_path):
-    """A composed, validated config for a tiny run under tmp_path."""
-    return compose_config(tiny_overrides(tmp_path))
+@pytest.fixture(autouse=True)
+def no_inherited_tracking_uri():
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, which the pipeline lets win over the
+    config (it is how users choose a server): no test may hand its store on to the next."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def require_shared_dataset(name: str) -> Path:
