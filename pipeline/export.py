@@ -24,6 +24,7 @@ from pipeline.config import PipelineConfig, load_params
 from pipeline.errors import PipelineError
 from pipeline.inference import FORMAT_SUFFIXES, Runner, open_runner
 from pipeline.io import read_json, write_json
+from pipeline.lineage import package_versions
 from pipeline.modelinfo import ModelInfo, file_sha256, read_model_info, require_weights
 from pipeline.parity import Parity, Tolerance
 
@@ -82,18 +83,6 @@ def metadata_path(model: Path) -> Path:
     return model.with_name(f"{model.name}.json")
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
 def metadata(cfg: PipelineConfig, fmt: str, model: Path, info: ModelInfo, parity: Parity) -> dict[str, Any]:
     return {
         "format": fmt,
@@ -104,7 +93,7 @@ def metadata(cfg: PipelineConfig, fmt: str, model: Path, info: ModelInfo, parity
         "simplified": cfg.export.simplify if fmt == "onnx" else None,
         "source_weights": str(weights_path(cfg)),
         "sha256_file": file_sha256(model),
-        "versions": package_versions(),
+        "versions": package_versions(VERSIONED),
         "parity": parity.as_dict(),
     }
 

@@ -28,9 +28,9 @@ def git_state() -> tuple[str, bool]:
     return commit, bool(status.strip())
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     versions = {}
-    for name in TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

@@ -32,6 +32,8 @@ SCALE_CEILING = ((3000, "n"), (8000, "s"), (15000, "m"))
 SMALL_OBJECT_PX = 64  # Algorithm 4 uses the share of objects under 64 px
 SMALL_OBJECT_AUGMENTATION = {"scale": 0.3, "mosaic": 0.7, "copy_paste": 0.4}  # section 13.4.1
 MAX_BATCH = 256
+NOMINAL_BATCH = 64  # Ultralytics' nbs: gradients accumulate to 64 images per optimizer step per device
+MIN_BATCHES_PER_EPOCH = 16
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,22 @@ def batch_rule(table: dict[str, dict[int, int]], scale: str, imgsz: int, profile
     return value, reason
 
 
+def training_batch_rule(cfg: PipelineConfig, imgsz: int, facts: DatasetFacts | None) -> tuple[int, str]:
+    """The memory rule, then capped: a batch above the nominal 64 per device only means fewer
+    optimizer steps, and a small dataset needs enough batches per epoch to learn at all."""
+    hw = cfg.hardware
+    value, reason = batch_rule(hw.batch, cfg.model.scale, imgsz, f"profile {hw.name}")
+    nominal = NOMINAL_BATCH * max(1, hw.gpus)
+    if value > nominal:
+        value, reason = nominal, f"{reason}; capped at {nominal} (nominal batch 64 per device)"
+    if facts is not None:
+        per_epoch = 2 ** math.floor(math.log2(max(1, facts.train_images // MIN_BATCHES_PER_EPOCH)))
+        if per_epoch < value:
+            value = per_epoch
+            reason += f"; {per_epoch} so {facts.train_images} images make >= {MIN_BATCHES_PER_EPOCH} batches"
+    return value, reason
+
+
 def augmentation_rule(cfg: PipelineConfig, key: str, facts: DatasetFacts | None) -> tuple[float, str]:
     sensor = cfg.sensor
     if facts is not None and facts.fraction_small >= 0.2 and key in SMALL_OBJECT_AUGMENTATION:
@@ -194,7 +212,7 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
     decide("patience", t.patience, lambda: patience_rule(epochs, cfg.sensor.name))
     decide("time", t.time_hours, lambda: _time_budget(cfg))
     imgsz = decide("imgsz", t.imgsz, lambda: imgsz_rule(facts))
-    decide("batch", t.batch, lambda: batch_rule(hw.batch, cfg.model.scale, imgsz, f"profile {hw.name}"))
+    decide("batch", t.batch, lambda: training_batch_rule(cfg, imgsz, facts))
     decide("workers", t.workers, lambda: (hw.workers, f"profile {hw.name}"))
     decide("device", AUTO, lambda: (hw.device, f"profile {hw.name}: {hw.gpus} GPU(s)"))
     decide("amp", t.amp, lambda: (hw.amp, f"profile {hw.name}"))

@@ -66,3 +66,9 @@ def test_wrong_override_fails_at_once_naming_the_choices(tiny_pipeline):
     output = failing_exp_run(tiny_pipeline, "model=yolo99x")
     assert "yolo99x" in output and "yolo11n" in output
     assert "train.imgsz=100" in failing_exp_run(tiny_pipeline, "train.imgsz=100")
+
+
+def test_thermal_hue_jitter_fails_before_training_naming_the_key(tiny_pipeline):
+    output = failing_exp_run(tiny_pipeline, "train.hsv_h=0.015")
+    assert "train.hsv_h=0.015 is not allowed for sensor=thermal" in output
+    assert "allow_unsafe_augmentation" in output and "Running stage 'train'" not in output

@@ -142,3 +142,13 @@ def test_batch_above_the_table_warns():
         compose_config(["hardware=rtx3080", "model=yolo11m", "train.imgsz=640", "train.batch=64"])
     )
     assert any("out of memory" in warning for warning in plan.warnings)
+
+
+def test_training_batch_is_capped_by_the_nominal_batch_and_the_dataset_size():
+    cfg = compose_config(["hardware=cpu", "model=yolo11n"])
+    assert rules.batch_rule(cfg.hardware.batch, "n", 160, "cpu")[0] == 256  # memory alone: 16 x 4^2
+    assert rules.training_batch_rule(cfg, 160, None)[0] == 64
+    value, reason = rules.training_batch_rule(cfg, 160, facts(train_images=280))
+    assert value == 16 and ">= 16 batches" in reason
+    dgx = compose_config(["hardware=dgx_spark", "model=yolo11l"])
+    assert rules.training_batch_rule(dgx, 640, facts(train_images=50000))[0] == 128  # template 12.4
