@@ -21,8 +21,9 @@ setup: $(STAMP)  ## create .venv and install the project with its dev tools
 run: setup  ## run the whole pipeline on the embedded synthetic thermal data, then show the metrics
 	$(BIN)/python -m pipeline compose
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc metrics show
-	@echo "Browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	$(BIN)/dvc metrics show reports/evaluate/metrics.json
+	@cat reports/benchmark/benchmark.md
+	@echo "All metrics: $(BIN)/dvc metrics show   Runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: setup  ## run the test suite (CPU, tiny data; the real-data tests need ../shared/datasets)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
