@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import train
+from pipeline import analyze, train
 from pipeline.compose import compose_config
 from pipeline.prepare import run as prepare
 from pipeline.rules import resolve_plan
@@ -58,6 +58,7 @@ def main() -> None:
         root = Path(tmp)
         cfg = configure(root, "direct", args.epochs)
         prepare(cfg)
+        analyze.run(cfg)  # as in the pipeline: image size and batch come from the dataset facts
         stage, direct = [], []
         for repeat in range(args.repeats):
             direct.append(time_direct(cfg, root / f"direct{repeat}"))
