@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import analyze, train
+from pipeline import analyze, tracking, train
 from pipeline.compose import compose_config
 from pipeline.prepare import run as prepare
 from pipeline.rules import resolve_plan
@@ -52,13 +52,14 @@ def time_direct(cfg, save_dir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating pairs; the medians are compared")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating pairs; the medians are compared")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cfg = configure(root, "direct", args.epochs)
         prepare(cfg)
         analyze.run(cfg)  # as in the pipeline: image size and batch come from the dataset facts
+        tracking.configure(cfg)  # creating the SQLite store is one-time setup, not per-run overhead
         stage, direct = [], []
         for repeat in range(args.repeats):
             direct.append(time_direct(cfg, root / f"direct{repeat}"))
