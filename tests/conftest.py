@@ -42,6 +42,15 @@ def no_inherited_tracking_uri():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A tiny dataset and a model trained on it once per session, for the post-training stages
+    (tests/_tiny.py); modules that need a different project define their own `project`."""
+    from tests._tiny import tiny_project
+
+    return tiny_project(tmp_path_factory.getbasetemp() / "tiny")
+
+
 def require_shared_dataset(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.exists():

@@ -8,12 +8,6 @@ import pytest
 from pipeline import benchmark, export
 from pipeline.inference import cpu_supports, open_runner
 from pipeline.io import read_json
-from tests._tiny import tiny_project
-
-
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    return tiny_project(tmp_path_factory.getbasetemp() / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 from pipeline import deploy, export, trt
 from pipeline.errors import MissingDependencyError
 from pipeline.io import read_json, write_json
-from tests._tiny import IMGSZ, tiny_project
+from tests._tiny import IMGSZ
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = {
@@ -30,11 +30,6 @@ THRESHOLDS = {
         str(i): {"name": n, "conf": c} for i, (n, c) in enumerate([("person", 0.4), ("animal", 0.3)])
     },
 }
-
-
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    return tiny_project(tmp_path_factory.getbasetemp() / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,9 @@ from pipeline import evaluate
 from pipeline.accuracy import Sample, coco_ground_truth, coco_predictions, coco_summary
 from pipeline.inference import Detections
 from pipeline.io import read_json
-from tests._tiny import tiny_project, write_dataset
+from tests._tiny import write_dataset
 
 CLASSES = ("person", "animal", "vehicle")
-
-
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    return tiny_project(tmp_path_factory.getbasetemp() / "tiny")
 
 
 def registry(project):

@@ -13,12 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.inference import open_runner
 from pipeline.io import read_json
 from pipeline.modelinfo import file_sha256, read_model_info
-from tests._tiny import IMGSZ, tiny_project
-
-
-@pytest.fixture(scope="session")
-def project(tmp_path_factory):
-    return tiny_project(tmp_path_factory.getbasetemp() / "tiny")
+from tests._tiny import IMGSZ
 
 
 @pytest.fixture(scope="module")
