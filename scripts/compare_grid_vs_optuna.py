@@ -70,8 +70,9 @@ def grid_arguments(out: Path) -> list[str]:
 
 def pruner_arguments(args: argparse.Namespace) -> list[str]:
     """Successive halving: a trial goes on past epochs/6 (and again past 3x that) only while it is
-    in the best third of the trials seen at that epoch. The median pruner compares against
-    finished trials only, so its first trials always run to the end."""
+    in the best third of the trials seen at that epoch (the best so far while fewer than six have
+    reported). The median pruner compares against finished trials only, so its first trials always
+    run to the end."""
     if args.pruner == "median":
         return [
             "hydra/sweeper/pruner=median",
