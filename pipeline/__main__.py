@@ -9,18 +9,18 @@ import importlib
 import sys
 
 COMMANDS = {
-    "compose": ("pipeline.cli_compose", "compose conf/ (+ Hydra overrides) into params.yaml"),
-    "explain": ("pipeline.cli_explain", "print the resolved training plan with a reason per value"),
-    "prepare": ("pipeline.prepare", "stage 1: read, validate and split a dataset into YOLO layout"),
-    "analyze": ("pipeline.analyze", "stage 2: dataset statistics, plots and recommendations"),
-    "train": ("pipeline.train", "stage 3: train from scratch with Ultralytics, tracked in MLflow"),
-    "evaluate": ("pipeline.evaluate", "stage 4: test-split metrics, per-class AP, thresholds"),
-    "export": ("pipeline.export", "stage 5: ONNX/TorchScript/OpenVINO export with parity checks"),
-    "benchmark": ("pipeline.benchmark", "stage 6: latency, throughput and accuracy per format"),
-    "launch": ("pipeline.launch", "print (or run) the torchrun command for multi-node training"),
-    "deploy": ("pipeline.deploy", "on the target device: build and check a TensorRT engine"),
-    "retrain": ("pipeline.retrain", "scheduled retraining with champion/challenger promotion"),
-    "rollback": ("pipeline.retrain", "point the registry's champion alias back to the previous one"),
+    "compose": ("pipeline.core.compose_command", "compose conf/ (+ Hydra overrides) into params.yaml"),
+    "explain": ("pipeline.train.explain", "print the resolved training plan with a reason per value"),
+    "prepare": ("pipeline.data.prepare", "stage 1: read, validate and split a dataset into YOLO layout"),
+    "analyze": ("pipeline.data.analyze", "stage 2: dataset statistics, plots and recommendations"),
+    "train": ("pipeline.train.stage", "stage 3: train from scratch with Ultralytics, tracked in MLflow"),
+    "evaluate": ("pipeline.evaluate.stage", "stage 4: test-split metrics, per-class AP, thresholds"),
+    "export": ("pipeline.deploy.export", "stage 5: ONNX/TorchScript/OpenVINO export with parity checks"),
+    "benchmark": ("pipeline.deploy.benchmark", "stage 6: latency, throughput and accuracy per format"),
+    "launch": ("pipeline.train.launch", "print (or run) the torchrun command for multi-node training"),
+    "deploy": ("pipeline.deploy.device", "on the target device: build and check a TensorRT engine"),
+    "retrain": ("pipeline.ops.retrain", "scheduled retraining with champion/challenger promotion"),
+    "rollback": ("pipeline.ops.retrain", "point the registry's champion alias back to the previous one"),
 }
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    from pipeline.cli import run_guarded
+    from pipeline.core.cli import run_guarded
 
     return run_guarded(lambda: module.main(rest, prog=f"python -m pipeline {command}", command=command))
 

@@ -20,17 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import benchmark, export
-from pipeline.compose import compose_config
-from pipeline.inference import cpu_supports, open_runner
-from pipeline.modelinfo import ModelInfo, file_sha256
+from pipeline.core.compose import compose_config
+from pipeline.deploy import benchmark, export
+from pipeline.model.inference import cpu_supports, open_runner
+from pipeline.model.info import ModelInfo, file_sha256
 
 TARGET_RATIO = 0.35
 FORMATS = ("onnx", "torchscript", "openvino")
 
 
 def random_yolo11n(folder: Path) -> Path:
-    from pipeline.yolo import import_ultralytics
+    from pipeline.core.yolo import import_ultralytics
 
     import_ultralytics()
     from ultralytics import YOLO
@@ -42,7 +42,7 @@ def random_yolo11n(folder: Path) -> Path:
 
 def test_image(imgsz: int):
     """A 640 px synthetic RGB scene, BGR as OpenCV reads images."""
-    from pipeline.synthetic import generate
+    from pipeline.data.synthetic import generate
 
     return next(generate("rgb", 1, imgsz, 0)).image[..., ::-1].copy()
 

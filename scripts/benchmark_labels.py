@@ -5,8 +5,8 @@ guide's Table 21 imbalance) in a temp dir, then times on a warm page cache (best
 
   cat         xargs -0 cat over the same files (the floor: just reading the bytes)
   guide loop  section 17.1's analyze_dataset, reimplemented line for line (its prints captured)
-  vectorised  what analyze does: list the files, read them (pipeline.labels.read_labels), and
-              compute the split statistics and facts (pipeline.analyze), in a fresh process whose
+  vectorised  what analyze does: list the files, read them (pipeline.data.labels.read_labels), and
+              compute the split statistics and facts (pipeline.data.analyze), in a fresh process whose
               peak resident memory (VmHWM, interpreter and imports included) is reported
 
 Targets (issue 3): vectorised <= 2x cat, >= 3x faster than the guide loop, peak memory < 500 MB.
@@ -132,8 +132,8 @@ def time_guide(root: Path) -> tuple[float, dict]:
 
 def vectorised(folder: str) -> dict:
     """What the analyze stage does for one split's labels, given its image sizes."""
-    from pipeline.analyze import SplitData, dataset_facts, split_statistics
-    from pipeline.labels import read_labels
+    from pipeline.data.analyze import SplitData, dataset_facts, split_statistics
+    from pipeline.data.labels import read_labels
 
     paths = sorted(entry.path for entry in os.scandir(folder) if entry.name.endswith(".txt"))
     table = read_labels(paths, num_classes=len(CLASS_SHARES))

@@ -13,11 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import analyze, tracking, train
-from pipeline.compose import compose_config
-from pipeline.prepare import run as prepare
-from pipeline.rules import resolve_plan
-from pipeline.yolo import import_ultralytics
+from pipeline.core import tracking
+from pipeline.core.compose import compose_config
+from pipeline.core.rules import resolve_plan
+from pipeline.core.yolo import import_ultralytics
+from pipeline.data import analyze
+from pipeline.data.prepare import run as prepare
+from pipeline.train import stage as train
 
 
 def configure(root: Path, run: str, epochs: int):

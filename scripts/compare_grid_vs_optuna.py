@@ -104,7 +104,7 @@ def optuna_arguments(out: Path, args: argparse.Namespace) -> list[str]:
 
 def run_sweep(name: str, out: Path, arguments: list[str]) -> SweepSummary:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    command = [sys.executable, "-m", "pipeline.sweep", "--multirun", *arguments]
+    command = [sys.executable, "-m", "pipeline.ops.sweep", "--multirun", *arguments]
     started = time.perf_counter()
     with (out / f"{name}.log").open("w") as log:
         subprocess.run(command, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)

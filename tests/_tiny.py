@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.compose import compose_config
-from pipeline.config import PipelineConfig
-from pipeline.io import write_json, write_text
-from pipeline.synthetic import CLASSES, generate
+from pipeline.core.compose import compose_config
+from pipeline.core.config import PipelineConfig
+from pipeline.core.io import write_json, write_text
+from pipeline.data.synthetic import CLASSES, generate
 
 IMGSZ = 64
 EXPERIMENT = "yolo-pipeline"
@@ -96,7 +96,7 @@ def write_dataset(prepared: Path, splits: tuple[str, ...] = ("train", "val", "te
 
 
 def train_tiny(prepared: Path, project: Path) -> Path:
-    from pipeline.yolo import import_ultralytics
+    from pipeline.core.yolo import import_ultralytics
 
     import_ultralytics()
     from ultralytics import YOLO

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.yolo import import_ultralytics
+from pipeline.core.yolo import import_ultralytics
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 
-from pipeline.io import read_json
+from pipeline.core.io import read_json
 from tests.dvc_project import PROJECT_ROOT
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"

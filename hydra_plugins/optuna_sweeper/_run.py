@@ -38,7 +38,7 @@ class Outcome:
 
 
 def interpret(returned: Any) -> Outcome:
-    """A job returns its objective, or a mapping {"value": ..., "pruned": bool} (pipeline.sweep)."""
+    """A job returns its objective, or a mapping {"value": ..., "pruned": bool} (pipeline.ops.sweep)."""
     if isinstance(returned, Mapping) and returned.get("pruned"):
         return Outcome("PRUNED")
     value = returned.get("value") if isinstance(returned, Mapping) else returned
@@ -258,7 +258,7 @@ def open_tracking(ctx: Context) -> tuple[Any, str, str]:
     import os
 
     settings, config = ctx.settings, ctx.config
-    uri = (  # the order the pipeline's jobs use (pipeline.tracking), so parent and trials meet
+    uri = (  # the order the pipeline's jobs use (pipeline.core.tracking), so parent and trials meet
         os.environ.get("MLFLOW_TRACKING_URI")
         or settings.mlflow.tracking_uri
         or OmegaConf.select(config, "track.tracking_uri")

@@ -1,0 +1,60 @@
+"""Compose `conf/` with Hydra into the validated `params.yaml` every stage reads.
+
+`dvc exp run -S key=value` composes through DVC's own Hydra integration; `dvc repro` does not,
+so `python -m pipeline compose [overrides...]` is the project's way to refresh params.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.core.config import PipelineConfig, validate
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import write_text
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+HEADER = (
+    "# Composed from conf/ by `python -m pipeline compose` (or `dvc exp run -S ...`).\n"
+    "# Do not edit by hand: change conf/ or pass overrides, then compose again.\n"
+)
+
+
+def compose_raw(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
+    """Hydra composition of conf/config.yaml with command-line style overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    # Inside a running Hydra app (a sweep job) the global instance is taken: set it aside.
+    running_app = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+            return compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose {conf_dir} with {list(overrides)}: {exc}") from None
+    finally:
+        GlobalHydra.instance().hydra = running_app
+
+
+def compose_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> PipelineConfig:
+    """Compose and validate: the typed config for these overrides."""
+    return validate(compose_raw(overrides, conf_dir), source=f"conf/ + {list(overrides)}")
+
+
+def compose_params(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """The plain mapping written to params.yaml (validated first, so bad overrides never land)."""
+    raw = compose_raw(overrides, conf_dir)
+    validate(raw, source=f"conf/ + {list(overrides)}")
+    return OmegaConf.to_container(raw, resolve=True)
+
+
+def write_params(path: Path, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Path:
+    params = compose_params(overrides, conf_dir)
+    return write_text(path, HEADER + OmegaConf.to_yaml(OmegaConf.create(params)))

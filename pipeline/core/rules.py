@@ -1,0 +1,445 @@
+"""The guide's rules as pure functions: every derived value comes back with its reason.
+
+Source: ../shared/seeds/000 ("Complete Professional Guide to Training YOLO Object Detectors From
+Scratch"), sections 2.7, 4.4, 5.3-5.4, 6, 7.1, 13 and 14.5. The guide's numbers are its authors'
+claims; the configurable ones live in conf/ (sensor and hardware groups) and an explicit value in
+the config always wins over `auto`. `analyze` and `train` both resolve through `resolve_plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.core.config import AUGMENTATION_KEYS, AUTO, SCALES, PipelineConfig
+from pipeline.core.errors import GuardrailError
+
+# Table 10: expected convergence epochs by training-set size: (from images, RGB band, thermal band).
+EPOCH_TABLE = (
+    (0, (800, 1500), (2000, 3000)),
+    (1000, (400, 800), (1200, 2000)),
+    (3000, (200, 400), (700, 1200)),
+    (8000, (150, 250), (500, 900)),
+    (15000, (100, 200), (400, 700)),
+)
+EPOCH_BUFFER = 1.15  # Table 10 note: set config epochs 15-20 % above the expected convergence
+PATIENCE_FRACTION = {"rgb": 0.25, "thermal": 0.3}  # sections 4.4.3 and 5.4.4: 25-30 % of epochs
+WARMUP_MAX_FRACTION = 0.05
+# Table 5 minimum images per scale, and Algorithm 3's dataset-based ceiling.
+SCALE_MIN_IMAGES = {"n": 1500, "s": 3000, "m": 6000, "l": 10000, "x": 15000}
+SCALE_CEILING = ((3000, "n"), (8000, "s"), (15000, "m"))
+SMALL_OBJECT_PX = 64  # Algorithm 4 uses the share of objects under 64 px
+SMALL_OBJECT_AUGMENTATION = {"scale": 0.3, "mosaic": 0.7, "copy_paste": 0.4}  # section 13.4.1
+MAX_BATCH = 256
+NOMINAL_BATCH = 64  # Ultralytics' nbs: gradients accumulate to 64 images per optimizer step per device
+MIN_BATCHES_PER_EPOCH = 16
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What `analyze` measured that the rules need (all counts on the training split)."""
+
+    train_images: int
+    class_images: tuple[int, ...]  # images containing each class
+    fraction_small: float  # share of boxes under 64 px at the source resolution
+    max_side: int  # longest side of the source frames, px
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: str
+    value: Any
+    source: str  # explicit | auto | profile
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    decisions: tuple[Decision, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def value(self, key: str) -> Any:
+        return next(d.value for d in self.decisions if d.key == key)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "decisions": [d.__dict__ for d in self.decisions],
+            "warnings": list(self.warnings),
+        }
+
+    def table(self) -> str:
+        width = max(len(d.key) for d in self.decisions)
+        rows = [f"{d.key:<{width}}  {d.value!s:<10} {d.source:<8} {d.reason}" for d in self.decisions]
+        header = f"{'key':<{width}}  {'value':<10} {'source':<8} reason"
+        warnings = [f"WARNING: {w}" for w in self.warnings]
+        return "\n".join([header, "-" * len(header), *rows, *warnings])
+
+
+# ---- single rules: each returns (value, reason) -------------------------------------------------
+
+
+def epochs_for_classes(backbone: int, k: float, classes: int) -> tuple[int, str]:
+    """Section 14.5: E = E_backbone + k*sqrt(C), since the backbone is shared across classes."""
+    value = round(backbone + k * math.sqrt(classes))
+    return value, f"{backbone} + {k:g} x sqrt({classes}) (E_backbone + k*sqrt(C), guide 14.5)"
+
+
+def epochs_for_dataset_size(sensor: str, train_images: int) -> tuple[int, str]:
+    """Table 10: convergence epochs by dataset size, plus the 15 % buffer its note asks for."""
+    row = max((r for r in EPOCH_TABLE if train_images >= r[0]), key=lambda r: r[0])
+    low, high = row[2] if sensor == "thermal" else row[1]
+    value = round(high * EPOCH_BUFFER)
+    return value, f"Table 10 ({sensor}, {train_images} images): converges by {low}-{high}, +15 % buffer"
+
+
+def epochs_rule(cfg: PipelineConfig, facts: DatasetFacts | None) -> tuple[int, str]:
+    by_classes, reason = epochs_for_classes(
+        cfg.sensor.epoch_backbone, cfg.sensor.epoch_per_sqrt_class, len(cfg.classes.names)
+    )
+    if facts is None:
+        return by_classes, f"{by_classes} = {reason}"
+    by_size, size_reason = epochs_for_dataset_size(cfg.sensor.name, facts.train_images)
+    if by_size > by_classes:
+        return by_size, f"{by_size} from {size_reason}; above {by_classes} = {reason}"
+    return by_classes, f"{by_classes} = {reason}; {size_reason} asks only {by_size}"
+
+
+def lr0_rule(lr_base: float, lr_factor: float, classes: int, sensor: str) -> tuple[float, str]:
+    """Section 14.5.6: lr0 = 0.01/sqrt(C/3), never above the base; thermal lower (Table 26)."""
+    by_classes = lr_base / math.sqrt(classes / 3) if classes > 3 else lr_base
+    value = round(by_classes * lr_factor, 5)
+    reason = f"{lr_base:g}/sqrt({classes}/3)" if classes > 3 else f"base {lr_base:g} (C <= 3)"
+    if lr_factor != 1.0:
+        reason += f" x {lr_factor:g} for {sensor} (weaker gradients, Table 26)"
+    return value, reason + " (guide 14.5.6)"
+
+
+def patience_rule(epochs: int, sensor: str) -> tuple[int, str]:
+    fraction = PATIENCE_FRACTION[sensor]
+    return max(1, round(epochs * fraction)), f"{fraction:.0%} of {epochs} epochs (guide 4.4.3, 5.4.4)"
+
+
+def warmup_rule(sensor_warmup: float, epochs: int) -> tuple[float, str]:
+    cap = max(1.0, round(epochs * WARMUP_MAX_FRACTION, 1))
+    if sensor_warmup <= cap:
+        return sensor_warmup, f"sensor default {sensor_warmup:g} (guide 4.3, 5.4.5)"
+    return cap, f"sensor default {sensor_warmup:g} capped at {WARMUP_MAX_FRACTION:.0%} of {epochs} epochs"
+
+
+def imgsz_rule(facts: DatasetFacts | None) -> tuple[int, str]:
+    """Algorithm 4 from the share of small objects, never above the source frames (no new detail)."""
+    if facts is None:
+        return 640, "640 standard (no dataset analysis yet: run analyze for Algorithm 4)"
+    small = facts.fraction_small
+    wanted = 640 if small < 0.2 else 1280 if small < 0.5 else 1920
+    reason = f"Algorithm 4: {small:.0%} of objects under {SMALL_OBJECT_PX} px -> {wanted}"
+    source_cap = math.ceil(facts.max_side / 32) * 32
+    if source_cap < wanted:
+        return (
+            source_cap,
+            f"{reason}, capped at the {facts.max_side} px source frames (upsampling adds nothing)",
+        )
+    return wanted, reason
+
+
+def batch_rule(table: dict[str, dict[int, int]], scale: str, imgsz: int, profile: str) -> tuple[int, str]:
+    """Hardware table by scale and image size; memory goes with pixels, so scale by area between rows."""
+    if scale not in table:
+        largest = max(table, key=SCALES.index)
+        return 1, f"{profile} has no batch row for scale {scale} (largest listed: {largest}); 1 is a guess"
+    rows = table[scale]
+    nearest = min(rows, key=lambda size: abs(size - imgsz))
+    scaled = rows[nearest] * (nearest / imgsz) ** 2
+    value = int(min(MAX_BATCH, 2 ** math.floor(math.log2(max(1.0, scaled)))))
+    reason = f"{profile} table: {rows[nearest]} at {nearest} px for scale {scale}"
+    if nearest != imgsz:
+        reason += f", x({nearest}/{imgsz})^2 by area, rounded down to a power of 2"
+    return value, reason
+
+
+def training_batch_rule(cfg: PipelineConfig, imgsz: int, facts: DatasetFacts | None) -> tuple[int, str]:
+    """The memory rule, then capped: a batch above the nominal 64 per device only means fewer
+    optimizer steps, and a small dataset needs enough batches per epoch to learn at all."""
+    hw = cfg.hardware
+    value, reason = batch_rule(hw.batch, cfg.model.scale, imgsz, f"profile {hw.name}")
+    nominal = NOMINAL_BATCH * max(1, hw.gpus)
+    if value > nominal:
+        value, reason = nominal, f"{reason}; capped at {nominal} (nominal batch 64 per device)"
+    if facts is not None:
+        per_epoch = 2 ** math.floor(math.log2(max(1, facts.train_images // MIN_BATCHES_PER_EPOCH)))
+        if per_epoch < value:
+            value = per_epoch
+            reason += f"; {per_epoch} so {facts.train_images} images make >= {MIN_BATCHES_PER_EPOCH} batches"
+    return value, reason
+
+
+def augmentation_rule(cfg: PipelineConfig, key: str, facts: DatasetFacts | None) -> tuple[float, str]:
+    sensor = cfg.sensor
+    if facts is not None and facts.fraction_small >= 0.2 and key in SMALL_OBJECT_AUGMENTATION:
+        value = SMALL_OBJECT_AUGMENTATION[key]
+        return value, f"small-object setting ({facts.fraction_small:.0%} under 64 px, guide 13.4.1)"
+    value = sensor.augmentation.get(key, 0.0)
+    if key in sensor.forbidden_augmentation:
+        return value, f"off for {sensor.name}: forbidden by guide 5.3.1"
+    return value, f"{sensor.name} default (guide {'5.3.2' if sensor.name == 'thermal' else '12.2'})"
+
+
+def max_scale_for_dataset(train_images: int) -> str:
+    """Algorithm 3: the largest scale the dataset size supports."""
+    return next((scale for limit, scale in SCALE_CEILING if train_images < limit), "x")
+
+
+# ---- the plan -------------------------------------------------------------------------------------
+
+
+def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan:
+    """Resolve every `auto` training value; explicit values are kept and labelled as such."""
+    check_sensor_guardrails(cfg)
+    decisions: dict[str, Decision] = {}
+
+    def decide(key: str, explicit: Any, derive) -> Any:
+        if explicit != AUTO:
+            decisions[key] = Decision(key, explicit, "explicit", "set in the config")
+        else:
+            value, reason = derive()
+            source = "profile" if reason.startswith("profile") else "auto"
+            decisions[key] = Decision(key, value, source, reason)
+        return decisions[key].value
+
+    t, hw, classes = cfg.train, cfg.hardware, len(cfg.classes.names)
+    epochs = decide("epochs", t.epochs, lambda: epochs_rule(cfg, facts))
+    decide("patience", t.patience, lambda: patience_rule(epochs, cfg.sensor.name))
+    decide("time", t.time_hours, lambda: _time_budget(cfg))
+    imgsz = decide("imgsz", t.imgsz, lambda: imgsz_rule(facts))
+    decide("batch", t.batch, lambda: training_batch_rule(cfg, imgsz, facts))
+    decide("workers", t.workers, lambda: (hw.workers, f"profile {hw.name}"))
+    decide("device", AUTO, lambda: (hw.device, f"profile {hw.name}: {hw.gpus} GPU(s)"))
+    decide("amp", t.amp, lambda: (hw.amp, f"profile {hw.name}"))
+    decide("cache", t.cache, lambda: _cache_rule(cfg, facts))
+    decide("lr0", t.lr0, lambda: lr0_rule(cfg.sensor.lr_base, cfg.sensor.lr_factor, classes, cfg.sensor.name))
+    decide("warmup_epochs", t.warmup_epochs, lambda: warmup_rule(cfg.sensor.warmup_epochs, epochs))
+    decide("close_mosaic", t.close_mosaic, lambda: (min(10, max(0, epochs // 10)), "last 10 % of epochs"))
+    for key in AUGMENTATION_KEYS:
+        decide(key, getattr(t, key), lambda key=key: augmentation_rule(cfg, key, facts))
+    plan = Plan(tuple(decisions.values()), tuple(collect_warnings(cfg, facts, decisions)))
+    if cfg.train.strict_guardrails and plan.warnings:
+        raise GuardrailError(
+            "strict_guardrails is on and the plan has warnings:\n  " + "\n  ".join(plan.warnings)
+        )
+    return plan
+
+
+def _time_budget(cfg: PipelineConfig) -> tuple[float | None, str]:
+    hours = cfg.hardware.time_hours
+    if hours is None:
+        return None, f"profile {cfg.hardware.name}: no wall-clock limit, the epoch count rules"
+    return hours, (
+        f"profile {cfg.hardware.name}: {hours * 60:.0f} min wall-clock budget; Ultralytics fits the "
+        "LR schedule into it (set train.time_hours=null for the full epoch count)"
+    )
+
+
+def _cache_rule(cfg: PipelineConfig, facts: DatasetFacts | None) -> tuple[bool, str]:
+    if facts is None:
+        return False, "dataset size unknown: no RAM cache"
+    megabytes = facts.train_images * facts.max_side**2 * 3 / 1e6
+    fits = megabytes < cfg.hardware.memory_gb * 1000 / 4
+    verdict = "fits" if fits else "does not fit"
+    return (
+        fits,
+        f"~{megabytes:.0f} MB of decoded images {verdict} in a quarter of {cfg.hardware.memory_gb:g} GB",
+    )
+
+
+def check_sensor_guardrails(cfg: PipelineConfig) -> None:
+    """Section 5.3.1: hue, saturation and mixup are physically wrong on thermal frames."""
+    if cfg.train.allow_unsafe_augmentation:
+        return
+    for key in cfg.sensor.forbidden_augmentation:
+        value = getattr(cfg.train, key)
+        if value != AUTO and value > 0:
+            raise GuardrailError(
+                f"train.{key}={value} is not allowed for sensor={cfg.sensor.name}: "
+                f"{FORBIDDEN_WHY.get(key, 'the guide forbids it for this sensor')} (guide 5.3.1). "
+                f"Set train.{key}=0 (or auto), or train.allow_unsafe_augmentation=true to override."
+            )
+
+
+FORBIDDEN_WHY = {
+    "hsv_h": "a thermal frame has no hue; shifting it invents colours the sensor cannot produce",
+    "hsv_s": "saturation is undefined for a single-channel temperature image",
+    "mixup": "blending two frames creates physically impossible temperatures",
+}
+
+
+def collect_warnings(
+    cfg: PipelineConfig, facts: DatasetFacts | None, decisions: dict[str, Decision]
+) -> list[str]:
+    warnings = []
+    scale = cfg.model.scale
+    if SCALES.index(scale) > SCALES.index(cfg.hardware.max_scale):
+        warnings.append(
+            f"model scale {scale} is above what {cfg.hardware.name} runs (max {cfg.hardware.max_scale}, "
+            "guide Algorithm 1): pick a smaller model for this target"
+        )
+    if facts is not None:
+        ceiling = max_scale_for_dataset(facts.train_images)
+        if SCALES.index(scale) > SCALES.index(ceiling):
+            warnings.append(
+                f"model scale {scale} needs >= {SCALE_MIN_IMAGES[scale]} images from scratch (Table 5); "
+                f"{facts.train_images} support at most {ceiling} (Algorithm 3)"
+            )
+    batch_table = cfg.hardware.batch.get(scale, {})
+    batch = decisions["batch"]
+    if batch.source == "explicit" and batch_table:
+        safe, _ = batch_rule(cfg.hardware.batch, scale, decisions["imgsz"].value, cfg.hardware.name)
+        if batch.value > safe * 1.5:
+            warnings.append(
+                f"batch {batch.value} exceeds the {cfg.hardware.name} table ({safe} for {cfg.model.name} at "
+                f"{decisions['imgsz'].value} px): expect CUDA out of memory"
+            )
+    return warnings
+
+
+def facts_from_dict(payload: dict[str, Any]) -> DatasetFacts:
+    return DatasetFacts(
+        train_images=int(payload["train_images"]),
+        class_images=tuple(int(n) for n in payload["class_images"]),
+        fraction_small=float(payload["fraction_small"]),
+        max_side=int(payload["max_side"]),
+    )
+
+
+def load_facts(path) -> DatasetFacts:
+    """The `facts` block of analyze's recommendations.json."""
+    from pipeline.core.io import read_json
+
+    return facts_from_dict(read_json(path)["facts"])
+
+
+# ---- analyze: object sizes, model family, P2 head, data sufficiency ------------------------------
+# Guide sections 2.8, 3.4.2, 13.1-13.2, 14.1-14.2 and 17.1. `analyze` reports these beside the plan;
+# they recommend, they never change a configured value.
+
+SIZE_BUCKETS = (("tiny", 32.0), ("small", 96.0), ("medium", 320.0), ("large", math.inf))  # 13.1.1
+TINY_OBJECT_PX = 32
+SMALL_DATA_IMAGES = 3000  # Algorithm 3: below this, "consider data collection"; Table 6: v9
+SMALL_OBJECT_V12_FRACTION = 0.3  # 13.2.1: more than 30 % of objects under 64 px -> v12
+P2_TINY_FRACTION = 0.5  # 13.2.2: "majority objects < 32 px"
+P2_SMALL_FRACTION = 0.5  # Algorithm 4: p_small >= 0.5 -> 1920 px "OR P2 head"
+ALGORITHM4_TOP_IMGSZ = 1920
+SEVERE_IMBALANCE = 5.0  # 17.1: max/min instances above 5 is severe
+MIN_CLASS_IMAGES = 1000  # 14.2.4: minimum images per class regardless of dataset size
+BACKBONE_IMAGES = 3000  # eq. 21: N_backbone
+PER_CLASS_IMAGES = {"rgb": 1000, "thermal": 5000}  # eq. 22-23, lower ends, from scratch
+EDGE_PLATFORM_PREFIX = "jetson"
+
+
+def imbalance_ratio(instances: dict[str, int]) -> float | None:
+    """max/min instances over the classes present (17.1); None when no class has an instance."""
+    present = [n for n in instances.values() if n > 0]
+    return round(max(present) / min(present), 3) if present else None
+
+
+def is_edge(platform: str) -> bool:
+    return platform.startswith(EDGE_PLATFORM_PREFIX)
+
+
+def model_family_rule(fraction_small: float, train_images: int, platform: str) -> tuple[str, str]:
+    """Guide 2.8 and Table 6 (v11 default, v9 for small data), 13.2.1 (v12 for many small objects).
+    Small data comes first: v12 needs the most data of all (Table 6: 5x), v9 the least (2.5x)."""
+    share = f"{fraction_small:.0%} of objects under {SMALL_OBJECT_PX} px at the training size"
+    if train_images < SMALL_DATA_IMAGES:
+        return "yolov9", (
+            f"{train_images} training images (< {SMALL_DATA_IMAGES}): v9's auxiliary gradients suit small "
+            f"datasets, thermal and small objects (guide 2.3.3, 2.8, Table 6); {share}"
+        )
+    if fraction_small <= SMALL_OBJECT_V12_FRACTION:
+        return "yolo11", f"{train_images} images, {share}: v11 is the balanced default (guide 2.8)"
+    if is_edge(platform):
+        return "yolo11", f"{share} would favour v12 (13.2.1), but Table 6 rates v12 poor on edge ({platform})"
+    return "yolo12", f"{share} (> 30 %): v12 leads on small objects (guide 13.2.1, Table 19)"
+
+
+def scale_rule(train_images: int, hardware_max_scale: str, hardware: str) -> tuple[str, str]:
+    """The largest sensible scale: Algorithm 3 from dataset size, capped by the platform (Algorithm 1)."""
+    by_data = max_scale_for_dataset(train_images)
+    reason = f"Algorithm 3: {train_images} training images support up to {by_data}"
+    if SCALES.index(hardware_max_scale) < SCALES.index(by_data):
+        return hardware_max_scale, f"{reason}; {hardware} runs at most {hardware_max_scale} (Algorithm 1)"
+    return by_data, reason + f" (Table 5: {by_data} wants >= {SCALE_MIN_IMAGES[by_data]} images)"
+
+
+def p2_head_rule(fraction_tiny: float, fraction_small: float, imgsz: int, platform: str) -> tuple[bool, str]:
+    """Section 13.2.2: a stride-4 head for mostly tiny objects (+10-15 % small mAP, +40 % compute);
+    also Algorithm 4's alternative to 1920 px when the resolution stays below it."""
+    tiny = f"{fraction_tiny:.0%} of objects under {TINY_OBJECT_PX} px at {imgsz} px"
+    if is_edge(platform):
+        return False, f"{tiny}; P2 costs ~40 % more compute and 13.2.2 reserves it for non-Jetson targets"
+    if fraction_tiny > P2_TINY_FRACTION:
+        return True, f"{tiny} (a majority): P2 adds ~10-15 % mAP on small objects (guide 13.2.2)"
+    if fraction_small >= P2_SMALL_FRACTION and imgsz < ALGORITHM4_TOP_IMGSZ:
+        return True, (
+            f"{fraction_small:.0%} under {SMALL_OBJECT_PX} px: Algorithm 4 asks {ALGORITHM4_TOP_IMGSZ} px "
+            f"or a P2 head, and training runs at {imgsz} px"
+        )
+    return False, f"{tiny}: 13.2.2 wants a majority before paying ~40 % more compute"
+
+
+def data_warnings(
+    sensor: str, names: list[str], facts: DatasetFacts, class_instances: dict[str, int]
+) -> list[str]:
+    """Data sufficiency for from-scratch training (Table 5, 3.4.2, 14.1-14.2) and class balance (17.1)."""
+    warnings = []
+    n, classes = facts.train_images, len(names)
+    if n < SCALE_MIN_IMAGES["n"]:
+        warnings.append(
+            f"{n} training images: below Table 5's {SCALE_MIN_IMAGES['n']} minimum even for scale n from "
+            "scratch; consider data collection (Algorithm 3) or pretrained weights"
+        )
+    per_class = PER_CLASS_IMAGES[sensor]
+    needed = BACKBONE_IMAGES + classes * per_class
+    if n < needed:
+        warnings.append(
+            f"too few images per class for from-scratch training: {n} training images for {classes} "
+            f"{sensor} classes; N_backbone {BACKBONE_IMAGES} + {classes} x {per_class} per class = {needed} "
+            "(guide 3.4.2, eq. 20-23)"
+        )
+    warnings += _class_warnings(sensor, names, facts.class_images, class_instances)
+    return warnings
+
+
+def _class_warnings(
+    sensor: str, names: list[str], class_images: tuple[int, ...], class_instances: dict[str, int]
+) -> list[str]:
+    warnings = []
+    absent = [name for name in names if class_instances.get(name, 0) == 0]
+    if absent:
+        warnings.append(f"no training instance of {', '.join(absent)} (the model cannot learn them)")
+    ratio = imbalance_ratio(class_instances)
+    if ratio is not None and ratio > SEVERE_IMBALANCE:
+        warnings.append(
+            f"severe class imbalance: {ratio:g}:1 (max/min instances > {SEVERE_IMBALANCE:g}, guide 17.1); "
+            "collect more minority data (14.2.4) or raise copy_paste to 0.4 (14.2.1)"
+        )
+    minority = _classes_between(names, class_images, 1, MIN_CLASS_IMAGES)
+    if minority:
+        warnings.append(
+            f"classes below the {MIN_CLASS_IMAGES}-image minimum per class: {minority} "
+            "(guide 14.2.4: minority classes need it regardless of dataset size)"
+        )
+    per_class = PER_CLASS_IMAGES[sensor]
+    short = _classes_between(names, class_images, MIN_CLASS_IMAGES, per_class)
+    if short:
+        warnings.append(
+            f"classes below {per_class} images, the {sensor} per-class need from scratch: {short} "
+            "(guide eq. 23: thermal needs 5-7x the RGB data per class)"
+        )
+    return warnings
+
+
+def _classes_between(names: list[str], images: tuple[int, ...], low: int, high: int) -> str:
+    """'name (count), ...' for the classes with low <= images < high."""
+    pairs = zip(names, images, strict=True)
+    return ", ".join(f"{name} ({count})" for name, count in pairs if low <= count < high)

@@ -1,0 +1,80 @@
+"""MLflow at the edges: one run per pipeline execution, shared by every stage after `train`.
+
+`train` creates the run (or reopens the one an interrupted attempt left) and records its id in
+`{paths.train_report}/run.json`; evaluate, export and benchmark append to that same run.
+The tracking URI is `track.tracking_uri` (SQLite in the project root by default) unless
+`MLFLOW_TRACKING_URI` is set, which is how a team points every stage at a shared server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import MissingDependencyError
+from pipeline.core.io import read_json
+
+RUN_FILE = "run.json"
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.track.tracking_uri
+
+
+def configure(cfg: PipelineConfig):
+    """Point MLflow at the configured store and experiment; returns the mlflow module."""
+    import mlflow
+
+    users_choice = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    # MLflow exports the URI to the environment; undo that so a later config in this process
+    # (a sweep, a retrain, the tests) is not overridden by this one's store.
+    if users_choice is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = users_choice
+    mlflow.set_experiment(cfg.track.experiment)
+    return mlflow
+
+
+def run_file(cfg: PipelineConfig) -> Path:
+    return Path(cfg.paths.train_report) / RUN_FILE
+
+
+def read_run_id(cfg: PipelineConfig) -> str:
+    path = run_file(cfg)
+    if not path.exists():
+        raise MissingDependencyError(f"{path} not found: run the train stage first (dvc repro train)")
+    return read_json(path)["run_id"]
+
+
+@contextmanager
+def stage_run(cfg: PipelineConfig) -> Iterator[Any]:
+    """Reopen the pipeline's MLflow run (created by train) for a later stage to log into."""
+    mlflow = configure(cfg)
+    with mlflow.start_run(run_id=read_run_id(cfg)) as run:
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
+    """Log finite numeric values under `prefix`; MLflow keys cannot hold some characters."""
+    import math
+
+    import mlflow
+
+    clean = {
+        sanitize_key(f"{prefix}{key}"): float(value)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and math.isfinite(value)
+    }
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def sanitize_key(key: str) -> str:
+    """MLflow allows alphanumerics, '_', '-', '.', ' ', '/' in keys: map the rest to '_'."""
+    return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in key)

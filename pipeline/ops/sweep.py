@@ -1,0 +1,330 @@
+"""Hydra multirun over the pipeline: `python -m pipeline.ops.sweep --multirun [overrides]`.
+
+Each job composes the same `conf/` as the DVC pipeline, then trains and evaluates in its own
+output directory (`paths.train`, `paths.train_report`, `paths.evaluation`, ... under the job's
+directory) on the dataset that `prepare` produced: `paths.prepared` and `paths.analysis` are
+shared, and are made once, under a file lock, by the first job that finds them missing.
+
+Grid sweeps use Hydra's basic sweeper (`model=yolo11n,yolo11s sensor=rgb,thermal`); Optuna
+sweeps use the project's sweeper (`+sweep=lr_aug`, see conf/sweep/ and hydra_plugins/). Under
+the Optuna sweeper the job reports each epoch's validation metric to its trial and stops
+training when the pruner says so.
+
+The objective is the validation metric of the best epoch (what best.pt holds), the same
+quantity the pruner sees per epoch. The evaluate stage still runs for each finished trial and
+records its test-split numbers in the trial's MLflow run, but selecting hyperparameters on the
+test split would leak it into the choice, so it is never the objective.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.core.compose import CONF_DIR
+from pipeline.core.config import PipelineConfig, validate
+from pipeline.core.errors import ConfigError, MissingDependencyError, PipelineError
+from pipeline.core.io import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+# per-epoch columns of Ultralytics' results.csv (validation split) for each objective name
+METRIC_COLUMNS = {
+    "mAP50-95": "metrics/mAP50-95(B)",
+    "mAP50": "metrics/mAP50(B)",
+    "precision": "metrics/precision(B)",
+    "recall": "metrics/recall(B)",
+}
+JOB_PATHS = {  # paths.<key> -> where it goes inside the job's output directory
+    "train": "train",
+    "train_report": "reports/train",
+    "evaluation": "reports/evaluate",
+    "export": "models/export",
+    "benchmark": "reports/benchmark",
+}
+
+
+@dataclass(frozen=True)
+class JobPlace:
+    """Where a job runs: its own directory, the directory the command was started in, its number."""
+
+    output_dir: Path
+    cwd: Path
+    number: int
+    multirun: bool
+    overrides: tuple[str, ...]
+    sweep_dir: Path
+
+
+# ---- configuration --------------------------------------------------------------------------------
+
+
+def job_config(raw: DictConfig, place: JobPlace) -> PipelineConfig:
+    """The validated config with this job's outputs in its own directory and every shared location
+    absolute (a launcher may run the job in another working directory or on another host)."""
+    cfg = validate(raw, source=f"conf/ + {list(place.overrides)}")
+    shared = {key: str(place.cwd / getattr(cfg.paths, key)) for key in ("prepared", "analysis")}
+    own = {key: str(place.output_dir / sub) for key, sub in JOB_PATHS.items()}
+    uri = cfg.track.tracking_uri
+    if uri.startswith("sqlite:///") and not uri[len("sqlite:///") :].startswith("/"):
+        uri = f"sqlite:///{place.cwd / uri[len('sqlite:///') :]}"
+    data_path = None if cfg.data.path is None else str(place.cwd / cfg.data.path)
+    return replace(
+        cfg,
+        data=replace(cfg.data, path=data_path),
+        paths=replace(cfg.paths, **shared, **own),
+        track=replace(cfg.track, tracking_uri=uri),
+    )
+
+
+def write_job_params(cfg: PipelineConfig, output_dir: Path) -> Path:
+    """The job's params.yaml: what the stages read, and what reproduces this job."""
+    return write_text(output_dir / "params.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def metric_column(metric: str) -> str:
+    if metric not in METRIC_COLUMNS:
+        raise ConfigError(
+            f"hydra.sweeper.metric={metric!r} is invalid: the pipeline reports {sorted(METRIC_COLUMNS)} "
+            "(validation split, per epoch)"
+        )
+    return METRIC_COLUMNS[metric]
+
+
+# ---- the shared dataset ---------------------------------------------------------------------------
+
+
+def ensure_prepared(cfg: PipelineConfig, params: Path) -> None:
+    """Run prepare (and analyze) once for the whole sweep if their outputs are missing."""
+    from filelock import FileLock
+
+    prepared = Path(cfg.paths.prepared)
+    manifest = prepared / "manifest.json"
+    facts = Path(cfg.paths.analysis) / "recommendations.json"
+    if manifest.exists() and facts.exists():
+        return
+    prepared.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(prepared.parent / f".{prepared.name}.sweep.lock")):
+        if not manifest.exists():
+            run_stage("prepare", params)
+        if not facts.exists():
+            run_stage("analyze", params)
+
+
+def run_stage(name: str, params: Path) -> None:
+    """A pipeline stage through its own entry point, exactly as `python -m pipeline <name>`."""
+    module_name = f"pipeline.{name}"
+    if importlib.util.find_spec(module_name) is None:
+        if name == "analyze":  # train works without the dataset facts, with less derived defaults
+            log.warning("pipeline.data.analyze is not available: training without dataset recommendations")
+            return
+        raise MissingDependencyError(f"{module_name} is not available: run `dvc repro {name}` first")
+    log.info("running %s once for the sweep (params %s)", name, params)
+    module = importlib.import_module(module_name)
+    code = module.main(["--params", str(params)], prog=f"python -m pipeline {name}", command=name)
+    if code:
+        raise PipelineError(
+            f"the {name} stage exited with code {code} (params {params}); see its output above"
+        )
+
+
+# ---- training callbacks ---------------------------------------------------------------------------
+
+
+class PruningReporter:
+    """on_fit_epoch_end: report the epoch's validation metric to the trial; stop when pruned.
+
+    Acts on rank 0 only: Ultralytics broadcasts `trainer.stop` from rank 0 to every DDP rank right
+    after this callback, so all ranks stop together. The prune decision is also recorded on the
+    trial (`pruned_epoch`), where the job (and the sweeper) read it whichever process trained.
+    """
+
+    def __init__(self, link: Any, column: str):
+        self.link, self.column = link, column
+        self.reported: set[int] = set()  # Ultralytics repeats the last epoch's call after final_eval
+        self._trial = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_trial": None}  # an open trial holds a database connection
+
+    def __call__(self, trainer: Any) -> None:
+        from pipeline.train.callbacks import is_main_rank
+        from pipeline.train.stage import epoch_rows
+
+        rows = epoch_rows(Path(trainer.csv)) if is_main_rank() else []
+        if not rows or self.column not in rows[-1] or int(rows[-1]["epoch"]) in self.reported:
+            return
+        epoch, value = int(rows[-1]["epoch"]), rows[-1][self.column]
+        self._trial = self._trial or self.link.open()
+        self._trial.report(value, epoch)
+        self.reported.add(epoch)
+        if self._trial.should_prune():
+            from hydra_plugins.optuna_sweeper.job import PRUNED_EPOCH_ATTR
+
+            self._trial.set_user_attr(PRUNED_EPOCH_ATTR, epoch)
+            print(f"trial {self.link.number} pruned after epoch {epoch} ({self.link.metric} {value:.5g})")
+            trainer.stop = True
+
+
+@dataclass
+class RunNesting:
+    """Makes the train stage's MLflow run a child of the sweep's parent run, as soon as it exists.
+
+    `pipeline.train.stage.run` opens its own run; its id is in the train state file beside the run
+    directory from the start, so the first epoch end (rank 0) can nest it, and the job does it
+    again after training (for runs that fail before an epoch ends)."""
+
+    tracking_uri: str
+    parent_id: str
+    name: str
+    tags: dict[str, str]
+    link: Any
+    done: bool = False
+
+    def __call__(self, trainer: Any) -> None:
+        from pipeline.train.callbacks import is_main_rank
+
+        if is_main_rank() and not self.done:
+            self.nest(Path(trainer.save_dir))
+
+    def nest(self, save_dir: Path) -> str | None:
+        from hydra_plugins.optuna_sweeper import job
+        from pipeline.core.io import read_json
+        from pipeline.train.stage import state_path
+
+        path = state_path(save_dir)
+        if not path.exists():
+            return None
+        run_id = read_json(path)["run_id"]
+        job.nest(job.client_for(self.tracking_uri), run_id, self.parent_id, self.name, self.tags)
+        if self.link is not None:
+            self.link.open().set_user_attr(job.RUN_ATTR, run_id)
+        self.done = True
+        return run_id
+
+
+# ---- one job --------------------------------------------------------------------------------------
+
+
+def sweep_parent(cfg: PipelineConfig, place: JobPlace, link: Any) -> str | None:
+    """The sweep's MLflow parent run: the Optuna sweeper's (in the study), or for a grid sweep one
+    shared by the jobs of this sweep directory, made by whichever job comes first."""
+    from hydra_plugins.optuna_sweeper import job
+    from pipeline.core import tracking
+
+    if link is not None:
+        return link.parent_run_id()
+    client = job.client_for(tracking.tracking_uri(cfg))
+    exp_id = job.experiment_id(client, cfg.track.experiment)
+    directory = place.sweep_dir
+    run_id, created = job.shared_run(client, exp_id, "sweep.dir", str(directory), f"grid-{directory.name}")
+    if created:
+        client.set_tag(run_id, "sweep.kind", "grid")
+        client.set_tag(run_id, "sweep.command", " ".join(sys.argv)[:5000])
+    return run_id
+
+
+def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any) -> dict[str, Any]:
+    from hydra_plugins.optuna_sweeper import job
+    from pipeline.core import tracking
+    from pipeline.train import stage as train
+
+    metric = link.metric if link is not None else "mAP50-95"
+    column = metric_column(metric)
+    callbacks: list[Any] = []
+    nesting = None
+    if place.multirun:
+        name = job.trial_name(place.number) if link is not None else f"job-{place.number:04d}"
+        tags = {"sweep.overrides": " ".join(place.overrides)[:5000], "sweep.job_dir": str(place.output_dir)}
+        nesting = RunNesting(tracking.tracking_uri(cfg), sweep_parent(cfg, place, link), name, tags, link)
+        callbacks.append(nesting)
+    if link is not None:
+        callbacks.append(PruningReporter(link, column))
+    try:
+        result = train.run(cfg, callbacks=callbacks)
+    finally:
+        if nesting is not None and not nesting.done:
+            nesting.nest(Path(cfg.paths.train))
+    pruned_epoch = link.frozen().user_attrs.get(job.PRUNED_EPOCH_ATTR) if link is not None else None
+    evaluation = evaluate(cfg) if pruned_epoch is None else {}
+    return {
+        "value": result.metrics.get(metric),
+        "metric": metric,
+        "pruned": pruned_epoch is not None,
+        "pruned_epoch": pruned_epoch,
+        "epochs": result.epochs_completed,
+        "metrics": result.metrics,
+        "evaluation": evaluation,
+        "run_id": result.run_id,
+    }
+
+
+def evaluate(cfg: PipelineConfig) -> dict[str, float]:
+    """The evaluate stage's measurements, outputs and MLflow metrics for this trial.
+
+    Not `pipeline.evaluate.stage.main`: that also registers the weights as the next `candidate` model
+    version, which a sweep trial is not (the best trial becomes one through its experiment overlay).
+    """
+    import mlflow
+
+    from pipeline.core import tracking
+    from pipeline.evaluate import stage
+
+    e = stage.run(cfg)
+    out = Path(cfg.paths.evaluation)
+    write_json(out / "metrics.json", stage.metrics_json(e))
+    write_json(out / "thresholds.json", stage.thresholds_json(e, cfg.evaluate.target_precision))
+    metrics = stage.flat_metrics(e)
+    with tracking.stage_run(cfg):
+        tracking.log_metrics(metrics, prefix="eval/")
+        mlflow.set_tags({"eval.split": e.split, "eval.warnings": str(len(e.warnings))})
+        mlflow.log_artifacts(str(out), artifact_path="evaluate")
+    return {k: v for k, v in metrics.items() if "/" not in k}
+
+
+def job_place() -> JobPlace:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    return JobPlace(
+        output_dir=Path(hydra_cfg.runtime.output_dir),
+        cwd=Path(hydra_cfg.runtime.cwd),
+        number=int(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else 0,
+        multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+        overrides=tuple(hydra_cfg.overrides.task),
+        sweep_dir=(Path(hydra_cfg.runtime.cwd) / str(hydra_cfg.sweep.dir)).resolve(),
+    )
+
+
+def run_job(raw: DictConfig) -> dict[str, Any]:
+    """One job of a sweep (or a single run without --multirun): prepare once, train, evaluate."""
+    from hydra_plugins.optuna_sweeper.job import current_trial
+
+    place = job_place()
+    link = current_trial()
+    cfg = job_config(raw, place)
+    params = write_job_params(cfg, place.output_dir)
+    ensure_prepared(cfg, params)
+    outcome = train_and_evaluate(cfg, place, link)
+    write_json(place.output_dir / "outcome.json", outcome)
+    state = f"pruned after epoch {outcome['pruned_epoch']}" if outcome["pruned"] else "finished"
+    print(f"job {place.number} {state}: {outcome['metric']} {outcome['value']} ({place.output_dir})")
+    return outcome
+
+
+main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(run_job)
+
+
+if __name__ == "__main__":
+    # Run through the imported module, not __main__, so process-based launchers (joblib, submitit)
+    # pickle the task function by reference.
+    importlib.import_module("pipeline.ops.sweep").main()

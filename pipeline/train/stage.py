@@ -1,0 +1,271 @@
+"""Stage 3, train: Ultralytics from scratch with the resolved plan, tracked in one MLflow run.
+
+The plan (every value with its source and reason) is printed, written and logged before training.
+Interrupted runs (even SIGKILL) resume from `last.pt` into the same MLflow run when the stage is run
+again with the same inputs; a finished run with unchanged inputs is DVC's cache hit. Multi-GPU DDP
+goes through Ultralytics' own relaunch: the project's callbacks are pickled into the workers' state
+and act on rank 0 only, logging into the run the parent created (each callback carries its id).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.cli import stage_parser
+from pipeline.core.config import PipelineConfig, load_params
+from pipeline.core.errors import MissingDependencyError, PipelineError
+from pipeline.core.io import read_json, write_json, write_text
+from pipeline.core.rules import DatasetFacts, Plan, batch_rule, load_facts, resolve_plan
+
+STATE_FILE = "pipeline_state.json"
+NAN_HELP = (
+    "training diverged (loss NaN/Inf). The guide's checklist (section 11.1): lower lr0 "
+    "(e.g. train.lr0=0.005), keep warmup (train.warmup_epochs=5 or more), use AdamW, check the labels "
+    "for zero-size or out-of-range boxes (prepare's report), and turn AMP off (train.amp=false)."
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    resumed: bool
+    weights: Path
+    epochs_completed: int
+    metrics: dict[str, float]
+
+
+# ---- pure helpers ---------------------------------------------------------------------------------
+
+
+def train_arguments(cfg: PipelineConfig, plan: Plan, data_yaml: Path, save_dir: Path) -> dict[str, Any]:
+    """Ultralytics `train()` keyword arguments: the plan's values plus the fixed ones."""
+    planned = {d.key: d.value for d in plan.decisions}
+    return {
+        **planned,
+        "data": str(data_yaml),
+        "project": str(save_dir.parent.resolve()),
+        "name": save_dir.name,
+        "exist_ok": True,
+        "pretrained": False,
+        "seed": cfg.seed,
+        "deterministic": True,
+        "optimizer": cfg.train.optimizer,
+        "lrf": cfg.train.lrf,
+        "cos_lr": cfg.train.cos_lr,
+        "fliplr": cfg.train.fliplr,
+        "plots": True,
+        "verbose": False,
+    }
+
+
+def training_identity(cfg: PipelineConfig, dataset_hash: str) -> str:
+    """Hash of everything that defines a training run: a different one never resumes an old run."""
+    relevant = {
+        "train": cfg.train.__dict__,
+        "model": cfg.model.__dict__,
+        "sensor": cfg.sensor.__dict__,
+        "hardware": cfg.hardware.__dict__,
+        "classes": cfg.classes.names,
+        "seed": cfg.seed,
+        "dataset": dataset_hash,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def epoch_rows(results_csv: Path) -> list[dict[str, float]]:
+    """Ultralytics' results.csv as numbers; empty before the first epoch ends."""
+    if not results_csv.exists():
+        return []
+    with results_csv.open(newline="") as handle:
+        return [{k.strip(): float(v) for k, v in row.items() if v.strip()} for row in csv.DictReader(handle)]
+
+
+def oom_advice(cfg: PipelineConfig, plan: Plan) -> str:
+    batch, imgsz = plan.value("batch"), plan.value("imgsz")
+    smaller, _ = batch_rule(cfg.hardware.batch, cfg.model.scale, imgsz * 2, cfg.hardware.name)
+    return (
+        f"out of memory at batch {batch}, imgsz {imgsz} on {cfg.hardware.name}. The hardware table gives "
+        f"batch {max(1, smaller)} for the next larger memory setting: rerun with "
+        f"train.batch={max(1, batch // 2)} (or a smaller model or imgsz)."
+    )
+
+
+# ---- state and lineage ----------------------------------------------------------------------------
+
+
+def read_dataset_hash(cfg: PipelineConfig) -> str:
+    manifest = Path(cfg.paths.prepared) / "manifest.json"
+    if not manifest.exists():
+        raise MissingDependencyError(f"{manifest} not found: run the prepare stage first (dvc repro prepare)")
+    return read_json(manifest)["dataset_hash"]
+
+
+def read_facts(cfg: PipelineConfig) -> DatasetFacts | None:
+    path = Path(cfg.paths.analysis) / "recommendations.json"
+    return load_facts(path) if path.exists() else None
+
+
+def state_path(save_dir: Path) -> Path:
+    """Beside the run directory, not in it: Ultralytics' DDP launch empties the run directory."""
+    return save_dir.parent / f"{save_dir.name}.{STATE_FILE}"
+
+
+def unfinished_attempt(save_dir: Path, identity: str) -> tuple[str | None, bool]:
+    """(MLflow run id to continue, whether last.pt can be resumed) of an unfinished identical run."""
+    path = state_path(save_dir)
+    state = read_json(path) if path.exists() else None
+    if state and state["identity"] == identity and not state["finished"]:
+        return state["run_id"], (save_dir / "weights/last.pt").exists()
+    return None, False
+
+
+def previous_attempt(save_dir: Path, identity: str) -> tuple[str | None, bool]:
+    """`unfinished_attempt`, clearing the run directory of anything that will not be resumed
+    (another config's run, a finished run being redone, a kill before the first checkpoint)."""
+    run_id, resume = unfinished_attempt(save_dir, identity)
+    if not resume:
+        shutil.rmtree(save_dir, ignore_errors=True)
+    return run_id, resume
+
+
+def lineage_tags(cfg: PipelineConfig, identity: str, dataset_hash: str) -> dict[str, str]:
+    from pipeline.core.lineage import git_state, overrides_against_defaults, package_versions
+
+    commit, dirty = git_state()
+    return {
+        "git.commit": commit,
+        "git.dirty": str(dirty),
+        "pipeline.params_hash": identity,
+        "pipeline.dataset_hash": dataset_hash,
+        "pipeline.overrides": " ".join(overrides_against_defaults(cfg)) or "(defaults)",
+        "pipeline.hardware": cfg.hardware.name,
+        "pipeline.sensor": cfg.sensor.name,
+        "pipeline.model": cfg.model.name,
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        **{f"version.{name}": version for name, version in package_versions().items()},
+    }
+
+
+# ---- the stage ------------------------------------------------------------------------------------
+
+
+def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train per the plan. Extra `callbacks` run at each epoch end after the MLflow logger
+    (e.g. a sweep's pruning callback, which may set `trainer.stop`)."""
+    from pipeline.core import tracking
+    from pipeline.core.config import to_flat_dict
+    from pipeline.train.callbacks import EpochLogger, is_main_rank, logged_steps
+
+    dataset_hash = read_dataset_hash(cfg)
+    plan = resolve_plan(cfg, read_facts(cfg))
+    report_dir, save_dir = Path(cfg.paths.train_report), Path(cfg.paths.train)
+    identity = training_identity(cfg, dataset_hash)
+    if not is_main_rank():  # another rank under torchrun: train only; rank 0 tracks and reports
+        _, resume = unfinished_attempt(save_dir, identity)
+        weights = fit(cfg, plan, save_dir, callbacks, resume=resume)
+        return TrainResult("", resume, weights, 0, {})
+
+    print(plan.table(), flush=True)
+    write_json(report_dir / "plan.json", plan.as_dict())
+    previous_run_id, resume = previous_attempt(save_dir, identity)
+    mlflow = tracking.configure(cfg)
+    run_name = os.environ.get("DVC_EXP_NAME") or f"{cfg.model.name}-{cfg.sensor.name}-{cfg.data.name}"
+    with mlflow.start_run(run_id=previous_run_id, run_name=None if previous_run_id else run_name) as active:
+        run_id = active.info.run_id
+        write_json(state_path(save_dir), {"identity": identity, "run_id": run_id, "finished": False})
+        if previous_run_id is None:
+            mlflow.log_params(to_flat_dict(cfg))
+            mlflow.set_tags(lineage_tags(cfg, identity, dataset_hash))
+            mlflow.log_dict(plan.as_dict(), "plan.json")
+        logger = EpochLogger(
+            run_id, tracking.tracking_uri(cfg), logged_steps(run_id, tracking.tracking_uri(cfg))
+        )
+        logger.backfill(epoch_rows(save_dir / "results.csv"))  # epochs a kill left unlogged
+        weights = fit(cfg, plan, save_dir, [logger, *callbacks], resume=resume)
+        rows = epoch_rows(save_dir / "results.csv")
+        metrics = final_metrics(rows)
+        tracking.log_metrics(metrics, prefix="final/")
+        log_artifacts(mlflow, save_dir)
+    write_json(state_path(save_dir), {"identity": identity, "run_id": run_id, "finished": True})
+    write_outputs(report_dir, run_id, metrics, rows, save_dir)
+    return TrainResult(run_id, resume, weights, len(rows), metrics)
+
+
+def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any], resume: bool) -> Path:
+    """Run Ultralytics (resuming from last.pt when asked); translate its failures into advice."""
+    from pipeline.core.yolo import import_ultralytics
+
+    YOLO = import_ultralytics().YOLO  # configures Ultralytics before anything imports it
+    import torch
+
+    from pipeline.train.trainer import PipelineTrainer
+
+    data_yaml = Path(cfg.paths.prepared) / "data.yaml"
+    try:
+        if resume:
+            print(f"resuming from {save_dir / 'weights/last.pt'}", flush=True)
+            model = with_callbacks(YOLO(str(save_dir / "weights/last.pt")), callbacks)
+            model.train(resume=True, trainer=PipelineTrainer)
+        else:
+            model = with_callbacks(YOLO(cfg.model.architecture), callbacks)
+            model.train(trainer=PipelineTrainer, **train_arguments(cfg, plan, data_yaml, save_dir))
+    except torch.OutOfMemoryError as exc:
+        raise PipelineError(oom_advice(cfg, plan)) from exc
+    except RuntimeError as exc:
+        if "NaN" in str(exc):
+            raise PipelineError(NAN_HELP) from exc
+        raise
+    return save_dir / "weights/best.pt"
+
+
+def with_callbacks(model, callbacks: Sequence[Any]):
+    for callback in callbacks:
+        model.add_callback("on_fit_epoch_end", callback)
+    return model
+
+
+def final_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Validation metrics of the best epoch (what best.pt holds), by Ultralytics' fitness."""
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: 0.1 * r.get("metrics/mAP50(B)", 0) + 0.9 * r.get("metrics/mAP50-95(B)", 0))
+    keys = ("metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)")
+    names = ("precision", "recall", "mAP50", "mAP50-95")
+    metrics = {name: round(best[key], 5) for key, name in zip(keys, names, strict=True) if key in best}
+    return {**metrics, "best_epoch": int(best["epoch"]), "epochs": len(rows)}
+
+
+def log_artifacts(mlflow, save_dir: Path) -> None:
+    for name in ("weights/best.pt", "results.csv", "args.yaml"):
+        if (save_dir / name).exists():
+            mlflow.log_artifact(str(save_dir / name), artifact_path=str(Path("train") / Path(name).parent))
+    for plot in sorted(save_dir.glob("*.png")) + sorted(save_dir.glob("*.jpg")):
+        mlflow.log_artifact(str(plot), artifact_path="train/plots")
+
+
+def write_outputs(
+    report_dir: Path, run_id: str, metrics: dict[str, float], rows: list[dict[str, float]], save_dir: Path
+) -> None:
+    write_json(report_dir / "metrics.json", metrics)
+    csv_text = (save_dir / "results.csv").read_text() if rows else "epoch\n"
+    write_text(
+        report_dir / "epochs.csv", "\n".join(line.replace(" ", "") for line in csv_text.splitlines()) + "\n"
+    )
+    write_json(report_dir / "run.json", {"run_id": run_id})
+
+
+def main(argv: list[str], prog: str = "train", command: str = "train") -> int:
+    parser = stage_parser(prog, "Train a detector from scratch with the resolved plan (see `explain`).")
+    args = parser.parse_args(argv)
+    result = run(load_params(args.params))
+    how = "resumed" if result.resumed else "trained"
+    print(f"{how} {result.epochs_completed} epochs; best {result.metrics}; MLflow run {result.run_id}")
+    return 0

@@ -1,0 +1,154 @@
+"""The guide's rules, pinned against its own tables (../shared/seeds/000, sections 4.4, 7, 13, 14.5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.core import rules
+from pipeline.core.compose import compose_config
+from pipeline.core.errors import GuardrailError
+from pipeline.core.rules import DatasetFacts, resolve_plan
+
+
+def facts(train_images=5000, fraction_small=0.1, max_side=1280, classes=3):
+    return DatasetFacts(train_images, tuple([train_images // 2] * classes), fraction_small, max_side)
+
+
+@pytest.mark.parametrize(("classes", "table24"), [(1, 750), (3, 860), (5, 935), (10, 1074), (20, 1270)])
+def test_thermal_epochs_follow_table_24(classes, table24):
+    # The table rounds 1270.8 down and 859.8 up; the rule rounds to nearest.
+    assert rules.epochs_for_classes(600, 150, classes)[0] == pytest.approx(table24, abs=1)
+
+
+@pytest.mark.parametrize(("classes", "table25"), [(1, 330), (5, 429), (10, 503), (20, 608)])
+def test_rgb_epochs_follow_table_25(classes, table25):
+    assert rules.epochs_for_classes(250, 80, classes)[0] == table25
+
+
+@pytest.mark.parametrize(
+    ("classes", "rgb", "thermal"),
+    [(1, 0.010, 0.008), (5, 0.008, 0.006), (10, 0.006, 0.005), (20, 0.004, 0.003)],
+)
+def test_lr0_follows_table_26(classes, rgb, thermal):
+    # Table 26 rounds 0.01/sqrt(C/3) to one significant digit, so allow that rounding.
+    assert rules.lr0_rule(0.01, 1.0, classes, "rgb")[0] == pytest.approx(rgb, abs=6e-4)
+    assert rules.lr0_rule(0.01, 0.8, classes, "thermal")[0] == pytest.approx(thermal, abs=7e-4)
+    assert rules.lr0_rule(0.01, 0.8, classes, "thermal")[0] < rules.lr0_rule(0.01, 1.0, classes, "rgb")[0]
+
+
+@pytest.mark.parametrize(
+    ("images", "sensor", "band"),
+    [
+        (700, "rgb", (800, 1500)),
+        (2000, "thermal", (1200, 2000)),
+        (10000, "thermal", (500, 900)),
+        (20000, "rgb", (100, 200)),
+    ],
+)
+def test_dataset_size_epochs_follow_table_10_with_buffer(images, sensor, band):
+    value, reason = rules.epochs_for_dataset_size(sensor, images)
+    assert band[1] * 1.15 == pytest.approx(value, abs=1)
+    assert f"{band[0]}-{band[1]}" in reason
+
+
+def test_real_production_example_single_class_thermal_10k():
+    """Section 4.4.3: single-class thermal, 10k images -> about 1000 epochs, patience about 300."""
+    cfg = compose_config(["sensor=thermal", "classes.names=[animal]"])
+    plan = resolve_plan(cfg, facts(train_images=10000, classes=1))
+    assert 900 <= plan.value("epochs") <= 1100
+    assert 250 <= plan.value("patience") <= 330
+
+
+@pytest.mark.parametrize(("small", "expected"), [(0.1, 640), (0.3, 1280), (0.6, 1920)])
+def test_resolution_follows_algorithm_4(small, expected):
+    assert rules.imgsz_rule(facts(fraction_small=small, max_side=4000))[0] == expected
+
+
+def test_resolution_never_exceeds_the_source_frames():
+    value, reason = rules.imgsz_rule(facts(fraction_small=0.6, max_side=416))
+    assert value == 416 and "416 px source" in reason
+
+
+@pytest.mark.parametrize(("images", "ceiling"), [(1000, "n"), (5000, "s"), (10000, "m"), (20000, "x")])
+def test_scale_ceiling_follows_algorithm_3(images, ceiling):
+    assert rules.max_scale_for_dataset(images) == ceiling
+
+
+def test_batch_comes_from_the_hardware_table_and_scales_with_area():
+    table = compose_config(["hardware=rtx3080"]).hardware.batch
+    assert rules.batch_rule(table, "m", 640, "rtx3080")[0] == 8  # Table 13: 8-12
+    assert rules.batch_rule(table, "n", 1280, "rtx3080")[0] == 16  # Table 13: 16-24
+    assert rules.batch_rule(table, "n", 320, "rtx3080")[0] == 128  # 32 x (640/320)^2
+
+
+def test_explain_example_from_the_issue():
+    cfg = compose_config(["sensor=thermal", "classes.names=[a,b,c,d,e]"])
+    plan = resolve_plan(cfg)
+    rgb = resolve_plan(compose_config(["sensor=rgb", "classes.names=[a,b,c,d,e]"]))
+    assert plan.value("epochs") == 935
+    assert "600 + 150 x sqrt(5)" in next(d.reason for d in plan.decisions if d.key == "epochs")
+    assert plan.value("lr0") < rgb.value("lr0")
+
+
+def test_thermal_augmentation_has_no_colour_and_no_mixup():
+    plan = resolve_plan(compose_config(["sensor=thermal"]))
+    assert plan.value("hsv_h") == plan.value("hsv_s") == plan.value("mixup") == 0.0
+    assert plan.value("hsv_v") > 0 and plan.value("mosaic") > 0
+
+
+def test_small_object_datasets_get_gentler_scale_and_mosaic():
+    plan = resolve_plan(compose_config(["sensor=rgb"]), facts(fraction_small=0.4))
+    assert plan.value("scale") == 0.3 and plan.value("mosaic") == 0.7 and plan.value("copy_paste") == 0.4
+
+
+@pytest.mark.parametrize("key", ["hsv_h", "hsv_s", "mixup"])
+def test_thermal_guardrail_names_the_key(key):
+    with pytest.raises(GuardrailError) as error:
+        resolve_plan(compose_config(["sensor=thermal", f"train.{key}=0.1"]))
+    assert f"train.{key}=0.1" in str(error.value) and "allow_unsafe_augmentation" in str(error.value)
+
+
+def test_explicit_override_lets_unsafe_augmentation_through():
+    cfg = compose_config(["sensor=thermal", "train.hsv_h=0.015", "train.allow_unsafe_augmentation=true"])
+    decision = next(d for d in resolve_plan(cfg).decisions if d.key == "hsv_h")
+    assert decision.value == 0.015 and decision.source == "explicit"
+
+
+def test_rgb_allows_colour_jitter():
+    assert resolve_plan(compose_config(["sensor=rgb", "train.hsv_h=0.02"])).value("hsv_h") == 0.02
+
+
+def test_explicit_values_win_over_auto():
+    plan = resolve_plan(compose_config(["train.epochs=7", "train.lr0=0.02", "train.imgsz=96"]), facts())
+    assert (plan.value("epochs"), plan.value("lr0"), plan.value("imgsz")) == (7, 0.02, 96)
+
+
+def test_jetson_nano_with_a_medium_model_warns_and_strict_mode_refuses():
+    plan = resolve_plan(compose_config(["hardware=jetson_nano", "model=yolo11m"]))
+    assert any("jetson_nano" in warning and "max s" in warning for warning in plan.warnings)
+    with pytest.raises(GuardrailError):
+        resolve_plan(
+            compose_config(["hardware=jetson_nano", "model=yolo11m", "train.strict_guardrails=true"])
+        )
+
+
+def test_model_too_large_for_the_dataset_warns():
+    plan = resolve_plan(compose_config(["model=yolo11l", "hardware=rtx5090"]), facts(train_images=2000))
+    assert any("Table 5" in warning for warning in plan.warnings)
+
+
+def test_batch_above_the_table_warns():
+    plan = resolve_plan(
+        compose_config(["hardware=rtx3080", "model=yolo11m", "train.imgsz=640", "train.batch=64"])
+    )
+    assert any("out of memory" in warning for warning in plan.warnings)
+
+
+def test_training_batch_is_capped_by_the_nominal_batch_and_the_dataset_size():
+    cfg = compose_config(["hardware=cpu", "model=yolo11n"])
+    assert rules.batch_rule(cfg.hardware.batch, "n", 160, "cpu")[0] == 256  # memory alone: 16 x 4^2
+    assert rules.training_batch_rule(cfg, 160, None)[0] == 64
+    value, reason = rules.training_batch_rule(cfg, 160, facts(train_images=280))
+    assert value == 16 and ">= 16 batches" in reason
+    dgx = compose_config(["hardware=dgx_spark", "model=yolo11l"])
+    assert rules.training_batch_rule(dgx, 640, facts(train_images=50000))[0] == 128  # template 12.4
