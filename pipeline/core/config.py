@@ -82,6 +82,7 @@ class HardwareConfig:
     workers: int = 2
     amp: bool = False
     time_hours: float | None = None
+    max_epochs: int | None = None
     export_precision: str = "fp32"
     target_fps: float | None = None
     max_scale: str = "x"

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.config import AUGMENTATION_KEYS, AUTO, SCALES, PipelineConfig
+from pipeline.core.config import AUGMENTATION_KEYS, AUTO, SCALES, HardwareConfig, PipelineConfig
 from pipeline.core.errors import GuardrailError
 
 # Table 10: expected convergence epochs by training-set size: (from images, RGB band, thermal band).
@@ -208,7 +208,7 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
         return decisions[key].value
 
     t, hw, classes = cfg.train, cfg.hardware, len(cfg.classes.names)
-    epochs = decide("epochs", t.epochs, lambda: epochs_rule(cfg, facts))
+    epochs = decide("epochs", t.epochs, lambda: capped_by_profile(epochs_rule(cfg, facts), hw))
     decide("patience", t.patience, lambda: patience_rule(epochs, cfg.sensor.name))
     decide("time", t.time_hours, lambda: _time_budget(cfg))
     imgsz = decide("imgsz", t.imgsz, lambda: imgsz_rule(facts))
@@ -228,6 +228,18 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
             "strict_guardrails is on and the plan has warnings:\n  " + "\n  ".join(plan.warnings)
         )
     return plan
+
+
+def capped_by_profile(derived: tuple[int, str], hardware: HardwareConfig) -> tuple[int, str]:
+    """The profile's epoch ceiling (the `cpu` demo's): a count, not a clock, so every machine trains
+    the same model from the same commit."""
+    value, reason = derived
+    if hardware.max_epochs is None or value <= hardware.max_epochs:
+        return derived
+    return hardware.max_epochs, (
+        f"profile {hardware.name}: at most {hardware.max_epochs} epochs, the same on every machine "
+        f"(the rules ask {value}: {reason}; set train.epochs or hardware.max_epochs=null for more)"
+    )
 
 
 def _time_budget(cfg: PipelineConfig) -> tuple[float | None, str]:

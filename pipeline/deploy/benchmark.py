@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import BenchmarkConfig, PipelineConfig, load_params
+from pipeline.core.markdown import table
 from pipeline.model.inference import Runner, cpu_supports, decode, open_runner, preprocess
 from pipeline.model.info import ModelInfo
 from pipeline.model.scoring import Sample, measure_map
@@ -225,9 +227,9 @@ def candidates(cfg: PipelineConfig) -> tuple[list[Candidate], dict[str, str]]:
 
 
 def tensorrt_engines(cfg: PipelineConfig) -> tuple[list[Candidate], str | None]:
-    from pipeline.model.tensorrt import engine_dir, missing_requirements
+    from pipeline.model.tensorrt import missing_requirements
 
-    engines = sorted(engine_dir(cfg).glob("*.engine"))
+    engines = sorted(Artifacts.of(cfg).engines.glob("*.engine"))
     if not engines:
         return [], "no engine: build one on the target device (python -m pipeline deploy)"
     if missing := missing_requirements():
@@ -361,8 +363,6 @@ def verdict(f: FormatResult) -> str:
 
 
 def result_markdown(result: BenchmarkResult, title: str = "Benchmark") -> str:
-    from pipeline.evaluate.report import table
-
     reference = next((f.timings[0].p50_ms for f in result.formats if f.name == "pytorch"), None)
     header = ["format", "batch", "p50 ms", "mean", "p95", "p99", "img/s", "pre ms", "post ms", "vs PyTorch"]
     rows = [

@@ -19,20 +19,19 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline.core.artifacts import Artifacts, metadata_path
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import MissingDependencyError, PipelineError
-from pipeline.core.io import read_json, write_json
+from pipeline.core.io import atomic_path, read_json, write_json
+from pipeline.deploy import benchmark as bench
 from pipeline.model import tensorrt as trt
+from pipeline.model.inference import open_runner
 from pipeline.model.info import ModelInfo
-from pipeline.model.parity import Parity, Tolerance
-
-if TYPE_CHECKING:
-    from pipeline.deploy.benchmark import BenchmarkResult
-
-ONNX_NAME = "model.onnx"
+from pipeline.model.parity import Parity, Tolerance, check
+from pipeline.model.scoring import load_images, read_split, split_images
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,7 @@ class DeployResult:
 
 def onnx_source(cfg: PipelineConfig) -> OnnxSource:
     """The ONNX the export stage checked, with the input shape its engines are built for."""
-    from pipeline.deploy.export import metadata_path, models_dir
-
-    path = models_dir(cfg) / ONNX_NAME
+    path = Artifacts.of(cfg).onnx
     if not metadata_path(path).exists():
         raise MissingDependencyError(
             f"{path} (and its metadata) not found: run the export stage with onnx in export.formats, then "
@@ -71,13 +68,11 @@ def onnx_source(cfg: PipelineConfig) -> OnnxSource:
 
 def planned_source(cfg: PipelineConfig) -> OnnxSource:
     """The ONNX source, or the shape it will have once exported (for the commands shown when it is absent)."""
-    from pipeline.deploy.export import models_dir
-
     try:
         return onnx_source(cfg)
     except MissingDependencyError:
         imgsz = cfg.train.imgsz if isinstance(cfg.train.imgsz, int) else 640
-        return OnnxSource(models_dir(cfg) / ONNX_NAME, (1, cfg.sensor.channels, imgsz, imgsz), False, {})
+        return OnnxSource(Artifacts.of(cfg).onnx, (1, cfg.sensor.channels, imgsz, imgsz), False, {})
 
 
 def profile(cfg: PipelineConfig, source: OnnxSource, precision: str) -> trt.Profile:
@@ -89,13 +84,13 @@ def profile(cfg: PipelineConfig, source: OnnxSource, precision: str) -> trt.Prof
 
 
 def command(cfg: PipelineConfig, source: OnnxSource, precision: str, cache: Path | None) -> str:
-    engine, workspace = trt.engine_path(cfg, precision), cfg.export.tensorrt.workspace_gb
+    engine, workspace = Artifacts.of(cfg).engine(precision), cfg.export.tensorrt.workspace_gb
     shapes = profile(cfg, source, precision)
     return shlex.join(trt.trtexec_command(source.path, engine, precision, workspace, shapes, cache))
 
 
 def commands(cfg: PipelineConfig, source: OnnxSource) -> list[str]:
-    cache = trt.calibration_dir(cfg) / "calibration-<key>.cache"
+    cache = Artifacts.of(cfg).calibration / "calibration-<key>.cache"
     return [command(cfg, source, p, cache if p == "int8" else None) for p in cfg.export.tensorrt.precisions]
 
 
@@ -118,8 +113,6 @@ def require_device(cfg: PipelineConfig) -> None:
 
 def calibration_set(cfg: PipelineConfig, source: OnnxSource) -> trt.CalibrationSet:
     """Images from the train split (val if there is none); a static ONNX calibrates at its own batch."""
-    from pipeline.model.scoring import split_images
-
     prepared = Path(cfg.paths.prepared)
     pool = split_images(prepared, "train") or split_images(prepared, "val")
     settings = cfg.export.tensorrt
@@ -132,7 +125,7 @@ def calibration_set(cfg: PipelineConfig, source: OnnxSource) -> trt.CalibrationS
 
 def class_thresholds(cfg: PipelineConfig) -> dict[str, float] | None:
     """Per-class confidences from evaluate's thresholds.json, carried in each engine's metadata."""
-    path = Path(cfg.paths.evaluation) / "thresholds.json"
+    path = Artifacts.of(cfg).thresholds
     if not path.exists():
         return None
     return {entry["name"]: entry["conf"] for entry in read_json(path)["classes"].values()}
@@ -175,7 +168,7 @@ def calibrator(cfg: PipelineConfig, source: OnnxSource, device: trt.DeviceInfo) 
     data = calibration_set(cfg, source)
     digest = trt.images_hash(data.images)
     key = trt.cache_key(digest, device.tensorrt_version, source.meta["sha256_file"], data.batch_size)
-    cache = trt.CalibrationCache(trt.calibration_dir(cfg), key)
+    cache = trt.CalibrationCache(Artifacts.of(cfg).calibration, key)
     state = "reused" if cache.read() is not None else "new"
     print(f"INT8 calibration on {len(data.images)} images, cache {cache.path} ({state})")
     make = trt.calibrator_class(tensorrt.IInt8EntropyCalibrator2)
@@ -185,10 +178,8 @@ def calibrator(cfg: PipelineConfig, source: OnnxSource, device: trt.DeviceInfo) 
 
 
 def build(cfg: PipelineConfig, precision: str, source: OnnxSource, device: trt.DeviceInfo) -> Path:
-    from pipeline.core.io import atomic_path
-
     calib, facts = calibrator(cfg, source, device) if precision == "int8" else (None, None)
-    engine = trt.engine_path(cfg, precision)
+    engine = Artifacts.of(cfg).engine(precision)
     print(f"building {engine}: {command(cfg, source, precision, Path(facts['cache']) if facts else None)}")
     shapes = profile(cfg, source, precision)
     data = trt.build_engine(source.path, precision, cfg.export.tensorrt.workspace_gb, shapes, calib)
@@ -204,10 +195,6 @@ def tolerance(cfg: PipelineConfig, precision: str) -> Tolerance:
 
 
 def run(cfg: PipelineConfig) -> DeployResult:
-    from pipeline.model.inference import open_runner
-    from pipeline.model.parity import check
-    from pipeline.model.scoring import load_images, read_split
-
     require_device(cfg)
     source, device = onnx_source(cfg), trt.current_device()
     trt.require_tensorrt_10(device.tensorrt_version)
@@ -225,30 +212,26 @@ def run(cfg: PipelineConfig) -> DeployResult:
     return DeployResult(engines, tuple(results))
 
 
-def benchmark(cfg: PipelineConfig, result: DeployResult) -> tuple[BenchmarkResult, list[Path]]:
+def benchmark(cfg: PipelineConfig, result: DeployResult) -> tuple[bench.BenchmarkResult, list[Path]]:
     """The ONNX and every engine, timed in turn by the benchmark stage's code."""
-    from pipeline.deploy import benchmark as bench
-
     source = onnx_source(cfg)
     info = ModelInfo.from_dict(source.meta)
     found = [bench.Candidate("onnx", source.path)]
     found += [bench.Candidate(f"tensorrt-{p}", engine) for p, engine in result.engines.items()]
     outcome = bench.assemble(cfg, info, bench.measure_candidates(cfg, found, info), {})
     return outcome, bench.write_outputs(
-        outcome, trt.report_dir(cfg), title="TensorRT benchmark (on the device)"
+        outcome, Artifacts.of(cfg).tensorrt_reports, title="TensorRT benchmark (on the device)"
     )
 
 
 def parity_report(cfg: PipelineConfig, result: DeployResult) -> Path:
     engines = {p.name: p.as_dict() for p in result.parity}
     return write_json(
-        trt.report_dir(cfg) / "parity.json", {"passed": all(p.passed for p in result.parity), **engines}
+        Artifacts.of(cfg).tensorrt_parity, {"passed": all(p.passed for p in result.parity), **engines}
     )
 
 
 def main(argv: list[str], prog: str = "deploy", command: str = "deploy") -> int:
-    from pipeline.deploy.benchmark import log_to_mlflow
-
     parser = stage_parser(prog, "On the target device: build TensorRT engines, check them, benchmark them.")
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
@@ -259,6 +242,7 @@ def main(argv: list[str], prog: str = "deploy", command: str = "deploy") -> int:
             f"TensorRT parity against the ONNX failed (see {report}):\n  " + "\n  ".join(failures)
         )
     outcome, files = benchmark(cfg, result)
-    log_to_mlflow(cfg, outcome, [report, *files], prefix="deploy/")
-    print(f"engines: {', '.join(map(str, result.engines.values()))}; reports in {trt.report_dir(cfg)}")
+    bench.log_to_mlflow(cfg, outcome, [report, *files], prefix="deploy/")
+    engines = ", ".join(map(str, result.engines.values()))
+    print(f"engines: {engines}; reports in {Artifacts.of(cfg).tensorrt_reports}")
     return 0

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.core.markdown import table
+
 if TYPE_CHECKING:
     from pipeline.evaluate.stage import Evaluation
 
 
 def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
 
 
 def summary_section(e: Evaluation) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.config import PipelineConfig
+from pipeline.core.artifacts import metadata_path
 from pipeline.core.errors import MissingDependencyError, PipelineError
 from pipeline.core.io import read_json, write_json
 from pipeline.model.info import ModelInfo, file_sha256
@@ -32,29 +32,6 @@ INPUT, OUTPUT = "images", "output0"  # the tensor names of Ultralytics' ONNX exp
 
 class EngineMismatchError(PipelineError):
     """An engine built for another GPU or TensorRT version, or one without its metadata."""
-
-
-# ---- where things live -----------------------------------------------------------------------------
-
-
-def engine_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.paths.export) / "tensorrt" / "engines"
-
-
-def report_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.paths.export) / "tensorrt"
-
-
-def calibration_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.paths.export) / "tensorrt_calibration"
-
-
-def engine_path(cfg: PipelineConfig, precision: str) -> Path:
-    return engine_dir(cfg) / f"model.{precision}.engine"
-
-
-def metadata_path(engine: Path) -> Path:
-    return engine.with_name(f"{engine.name}.json")
 
 
 # ---- what this machine has ---------------------------------------------------------------------------

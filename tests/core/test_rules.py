@@ -53,7 +53,7 @@ def test_dataset_size_epochs_follow_table_10_with_buffer(images, sensor, band):
 
 def test_real_production_example_single_class_thermal_10k():
     """Section 4.4.3: single-class thermal, 10k images -> about 1000 epochs, patience about 300."""
-    cfg = compose_config(["sensor=thermal", "classes.names=[animal]"])
+    cfg = compose_config(["sensor=thermal", "classes.names=[animal]", "hardware=rtx5090"])
     plan = resolve_plan(cfg, facts(train_images=10000, classes=1))
     assert 900 <= plan.value("epochs") <= 1100
     assert 250 <= plan.value("patience") <= 330
@@ -82,7 +82,7 @@ def test_batch_comes_from_the_hardware_table_and_scales_with_area():
 
 
 def test_explain_example_from_the_issue():
-    cfg = compose_config(["sensor=thermal", "classes.names=[a,b,c,d,e]"])
+    cfg = compose_config(["sensor=thermal", "classes.names=[a,b,c,d,e]", "hardware.max_epochs=null"])
     plan = resolve_plan(cfg)
     rgb = resolve_plan(compose_config(["sensor=rgb", "classes.names=[a,b,c,d,e]"]))
     assert plan.value("epochs") == 935
@@ -152,3 +152,14 @@ def test_training_batch_is_capped_by_the_nominal_batch_and_the_dataset_size():
     assert value == 16 and ">= 16 batches" in reason
     dgx = compose_config(["hardware=dgx_spark", "model=yolo11l"])
     assert rules.training_batch_rule(dgx, 640, facts(train_images=50000))[0] == 128  # template 12.4
+
+
+def test_the_cpu_profile_caps_epochs_by_count_not_by_clock():
+    """Two machines of different speed train the same model from the same commit."""
+    cfg = compose_config(["sensor=thermal", "classes.names=[a,b,c,d,e]"])
+    plan = resolve_plan(cfg)
+    epochs = next(d for d in plan.decisions if d.key == "epochs")
+    assert (epochs.value, epochs.source) == (cfg.hardware.max_epochs, "profile")
+    assert "935" in epochs.reason and plan.value("time") is None
+    explicit = resolve_plan(compose_config(["sensor=thermal", "train.epochs=40"]))
+    assert explicit.value("epochs") == 40

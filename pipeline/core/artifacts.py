@@ -1,0 +1,221 @@
+"""The catalog: every file a stage reads or writes, and every metric name shared between modules.
+
+Folders come from `paths:` in conf/config.yaml (the one place a user moves them); the names of the
+files inside them are written here and nowhere else, so a newcomer finds what a stage produces in
+one page, and dvc.yaml's templated paths and the code can never disagree.
+
+    prepare   -> prepared/{images,labels}/<split>/, data.yaml, manifest.json, report.{json,md}
+    analyze   -> analysis/stats.json (DVC metrics), recommendations.json, report.md, plots/
+    train     -> train/ (Ultralytics' run folder: weights/{last,best}.pt, results.csv, args.yaml),
+                 train_report/plan.json, run.json, metrics.json (DVC metrics), epochs.csv (DVC plot)
+    evaluate  -> evaluation/metrics.json (DVC metrics), details.json, thresholds.json, report.md, plots/
+    export    -> export/models/model.<format> (+ .json metadata), export/parity.json (DVC metrics)
+    benchmark -> benchmark/benchmark.json (DVC metrics), details.json, benchmark.md, latency_vs_accuracy.png
+    deploy    -> export/tensorrt/engines/model.<precision>.engine (+ .json), export/tensorrt/parity.json,
+                 benchmark.json, benchmark.md; export/tensorrt_calibration/ (INT8 caches)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.config import PathsConfig, PipelineConfig
+
+PARAMS_FILE = "params.yaml"
+
+# Ultralytics' names for its validation metrics, as its results.csv spells them, and the sweep's
+# short names for them (what a user types in `hydra.sweeper.metric`).
+RESULTS_MAP50_95 = "metrics/mAP50-95(B)"
+RESULTS_MAP50 = "metrics/mAP50(B)"
+SWEEP_METRICS = {"mAP50-95": RESULTS_MAP50_95, "mAP50": RESULTS_MAP50}
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """File locations of one configuration's pipeline outputs."""
+
+    paths: PathsConfig
+
+    @classmethod
+    def of(cls, cfg: PipelineConfig) -> Artifacts:
+        return cls(cfg.paths)
+
+    # prepare
+    @property
+    def prepared(self) -> Path:
+        return Path(self.paths.prepared)
+
+    @property
+    def data_yaml(self) -> Path:
+        return self.prepared / "data.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.prepared / "manifest.json"
+
+    @property
+    def prepare_report_json(self) -> Path:
+        return self.prepared / "report.json"
+
+    @property
+    def prepare_report_md(self) -> Path:
+        return self.prepared / "report.md"
+
+    # analyze
+    @property
+    def analysis(self) -> Path:
+        return Path(self.paths.analysis)
+
+    @property
+    def stats(self) -> Path:
+        return self.analysis / "stats.json"
+
+    @property
+    def recommendations(self) -> Path:
+        return self.analysis / "recommendations.json"
+
+    @property
+    def analysis_report(self) -> Path:
+        return self.analysis / "report.md"
+
+    @property
+    def analysis_plots(self) -> Path:
+        return self.analysis / "plots"
+
+    # train
+    @property
+    def train_dir(self) -> Path:
+        return Path(self.paths.train)
+
+    @property
+    def last_weights(self) -> Path:
+        return self.train_dir / "weights" / "last.pt"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.train_dir / "weights" / "best.pt"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.train_dir / "results.csv"
+
+    @property
+    def train_args(self) -> Path:
+        return self.train_dir / "args.yaml"
+
+    @property
+    def train_state(self) -> Path:
+        """Resume bookkeeping beside the run folder (git-ignored, never a DVC output)."""
+        return self.train_dir.with_name(self.train_dir.name + ".pipeline_state.json")
+
+    @property
+    def train_report(self) -> Path:
+        return Path(self.paths.train_report)
+
+    @property
+    def plan(self) -> Path:
+        return self.train_report / "plan.json"
+
+    @property
+    def run_file(self) -> Path:
+        """The MLflow run id that evaluate, export and benchmark append to."""
+        return self.train_report / "run.json"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.train_report / "metrics.json"
+
+    @property
+    def epochs_csv(self) -> Path:
+        return self.train_report / "epochs.csv"
+
+    # evaluate
+    @property
+    def evaluation(self) -> Path:
+        return Path(self.paths.evaluation)
+
+    @property
+    def evaluation_metrics(self) -> Path:
+        """Headline figures only (DVC metrics: `dvc exp show` stays readable)."""
+        return self.evaluation / "metrics.json"
+
+    @property
+    def evaluation_details(self) -> Path:
+        """Per-class, per-size and confusion-matrix figures."""
+        return self.evaluation / "details.json"
+
+    @property
+    def thresholds(self) -> Path:
+        return self.evaluation / "thresholds.json"
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.evaluation / "report.md"
+
+    @property
+    def evaluation_plots(self) -> Path:
+        return self.evaluation / "plots"
+
+    # export
+    @property
+    def export(self) -> Path:
+        return Path(self.paths.export)
+
+    @property
+    def models(self) -> Path:
+        return self.export / "models"
+
+    @property
+    def onnx(self) -> Path:
+        return self.models / "model.onnx"
+
+    @property
+    def parity(self) -> Path:
+        return self.export / "parity.json"
+
+    # deploy (on the target device)
+    @property
+    def tensorrt_reports(self) -> Path:
+        return self.export / "tensorrt"
+
+    @property
+    def engines(self) -> Path:
+        return self.tensorrt_reports / "engines"
+
+    @property
+    def tensorrt_parity(self) -> Path:
+        return self.tensorrt_reports / "parity.json"
+
+    def engine(self, precision: str) -> Path:
+        return self.engines / f"model.{precision}.engine"
+
+    @property
+    def calibration(self) -> Path:
+        return self.export / "tensorrt_calibration"
+
+    # benchmark
+    @property
+    def benchmark(self) -> Path:
+        return Path(self.paths.benchmark)
+
+    @property
+    def benchmark_metrics(self) -> Path:
+        return self.benchmark / "benchmark.json"
+
+    @property
+    def benchmark_details(self) -> Path:
+        return self.benchmark / "details.json"
+
+    @property
+    def benchmark_table(self) -> Path:
+        return self.benchmark / "benchmark.md"
+
+    @property
+    def latency_plot(self) -> Path:
+        return self.benchmark / "latency_vs_accuracy.png"
+
+
+def metadata_path(model: Path) -> Path:
+    """The JSON written beside every exported model or engine."""
+    return model.with_name(model.name + ".json")
