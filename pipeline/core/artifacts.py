@@ -196,24 +196,36 @@ class Artifacts:
 
     # benchmark
     @property
-    def benchmark(self) -> Path:
-        return Path(self.paths.benchmark)
+    def benchmark(self) -> BenchmarkFiles:
+        return BenchmarkFiles(Path(self.paths.benchmark))
 
     @property
-    def benchmark_metrics(self) -> Path:
-        return self.benchmark / "benchmark.json"
+    def tensorrt_benchmark(self) -> BenchmarkFiles:
+        return BenchmarkFiles(self.tensorrt_reports)
+
+
+@dataclass(frozen=True)
+class BenchmarkFiles:
+    """What a benchmark writes: the benchmark stage on the host, the deploy stage on the device."""
+
+    folder: Path
 
     @property
-    def benchmark_details(self) -> Path:
-        return self.benchmark / "details.json"
+    def metrics(self) -> Path:
+        """Headline figures only (DVC metrics)."""
+        return self.folder / "benchmark.json"
 
     @property
-    def benchmark_table(self) -> Path:
-        return self.benchmark / "benchmark.md"
+    def details(self) -> Path:
+        return self.folder / "details.json"
 
     @property
-    def latency_plot(self) -> Path:
-        return self.benchmark / "latency_vs_accuracy.png"
+    def table(self) -> Path:
+        return self.folder / "benchmark.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.folder / "latency_vs_accuracy.png"
 
 
 def metadata_path(model: Path) -> Path:

@@ -28,13 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.artifacts import Artifacts
+from pipeline.core import tracking
+from pipeline.core.artifacts import Artifacts, BenchmarkFiles
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import BenchmarkConfig, PipelineConfig, load_params
+from pipeline.core.io import write_json, write_text
 from pipeline.core.markdown import table
+from pipeline.deploy.export import exported_models, models_dir, weights_path
 from pipeline.model.inference import Runner, cpu_supports, decode, open_runner, preprocess
-from pipeline.model.info import ModelInfo
-from pipeline.model.scoring import Sample, measure_map
+from pipeline.model.info import ModelInfo, read_model_info, require_weights
+from pipeline.model.scoring import Sample, load_images, measure_map, read_split
+from pipeline.model.tensorrt import missing_requirements
 
 DEPLOY_CONF = 0.25  # postprocessing is timed as a deployment runs it, not at the mAP protocol's 0.001
 DEPLOY_IOU = 0.7
@@ -208,8 +212,6 @@ def end_to_end_fps(timing: Timing) -> float:
 
 def candidates(cfg: PipelineConfig) -> tuple[list[Candidate], dict[str, str]]:
     """PyTorch, each passing export, OpenVINO's extra precisions, TensorRT engines; and what is skipped."""
-    from pipeline.deploy.export import exported_models, models_dir, weights_path
-
     found, skipped = [Candidate("pytorch", weights_path(cfg))], {}
     for fmt, (path, _) in exported_models(models_dir(cfg)).items():
         found.append(Candidate(fmt, path))
@@ -227,8 +229,6 @@ def candidates(cfg: PipelineConfig) -> tuple[list[Candidate], dict[str, str]]:
 
 
 def tensorrt_engines(cfg: PipelineConfig) -> tuple[list[Candidate], str | None]:
-    from pipeline.model.tensorrt import missing_requirements
-
     engines = sorted(Artifacts.of(cfg).engines.glob("*.engine"))
     if not engines:
         return [], "no engine: build one on the target device (python -m pipeline deploy)"
@@ -295,9 +295,7 @@ def format_result(
 def measure_candidates(
     cfg: PipelineConfig, found: list[Candidate], info: ModelInfo
 ) -> tuple[FormatResult, ...]:
-    from pipeline.model.scoring import load_images, read_split
-
-    samples = read_split(Path(cfg.paths.prepared), "val", cfg.benchmark.images, needed_for="the benchmark")
+    samples = read_split(Artifacts.of(cfg).prepared, "val", cfg.benchmark.images, needed_for="the benchmark")
     images = load_images(samples, info.channels)
     openers = {c.name: opener(c, cfg.benchmark.threads) for c in found}
     return measure(openers, samples, images, info, cfg.benchmark, cfg.hardware.target_fps)
@@ -320,9 +318,7 @@ def assemble(
 
 
 def run(cfg: PipelineConfig) -> BenchmarkResult:
-    from pipeline.model.info import read_model_info, require_weights
-
-    info = read_model_info(require_weights(Path(cfg.paths.train) / "weights" / "best.pt"))
+    info = read_model_info(require_weights(Artifacts.of(cfg).best_weights))
     found, skipped = candidates(cfg)
     return assemble(cfg, info, measure_candidates(cfg, found, info), skipped)
 
@@ -334,8 +330,25 @@ def opener(candidate: Candidate, threads: int) -> Opener:
 # ---- outputs --------------------------------------------------------------------------------------
 
 
+def headline_json(result: BenchmarkResult) -> dict[str, Any]:
+    """benchmark.json, the DVC metrics file: the fastest format at batch 1, against PyTorch eager."""
+    measured = [f for f in result.formats if f.timings]
+    if not measured:
+        return {}
+    fastest = min(measured, key=lambda f: f.timings[0].p50_ms)
+    pytorch = next((f for f in measured if f.name == "pytorch"), None)
+    ratio = fastest.timings[0].p50_ms / pytorch.timings[0].p50_ms if pytorch else None
+    return {
+        "fastest": fastest.name,
+        "p50_ms": fastest.timings[0].p50_ms,
+        "fps": fastest.fps,
+        "vs_pytorch": None if ratio is None else round(ratio, 3),
+        "mAP50-95": fastest.map50_95,
+    }
+
+
 def result_json(result: BenchmarkResult) -> dict[str, Any]:
-    """benchmark.json, the DVC metrics file."""
+    """details.json beside it: every format, batch and percentile."""
     header = {k: v for k, v in asdict(result).items() if k not in ("formats", "skipped")}
     return {
         **header,
@@ -442,13 +455,12 @@ def flat_metrics(result: BenchmarkResult) -> dict[str, float]:
     return values
 
 
-def write_outputs(result: BenchmarkResult, out: Path, title: str = "Benchmark") -> list[Path]:
-    from pipeline.core.io import write_json, write_text
-
+def write_outputs(result: BenchmarkResult, files: BenchmarkFiles, title: str = "Benchmark") -> list[Path]:
     return [
-        write_json(out / "benchmark.json", result_json(result)),
-        write_text(out / "benchmark.md", result_markdown(result, title)),
-        draw(result, out / "latency_vs_accuracy.png"),
+        write_json(files.metrics, headline_json(result)),
+        write_json(files.details, result_json(result)),
+        write_text(files.table, result_markdown(result, title)),
+        draw(result, files.plot),
     ]
 
 
@@ -456,8 +468,6 @@ def log_to_mlflow(
     cfg: PipelineConfig, result: BenchmarkResult, files: list[Path], prefix: str = "benchmark/"
 ):
     import mlflow
-
-    from pipeline.core import tracking
 
     with tracking.stage_run(cfg):
         tracking.log_metrics(flat_metrics(result), prefix=prefix)
@@ -470,7 +480,7 @@ def main(argv: list[str], prog: str = "benchmark", command: str = "benchmark") -
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
     result = run(cfg)
-    files = write_outputs(result, Path(cfg.paths.benchmark))
+    files = write_outputs(result, Artifacts.of(cfg).benchmark)
     log_to_mlflow(cfg, result, files)
     print(result_markdown(result))
     return 0

@@ -220,7 +220,7 @@ def benchmark(cfg: PipelineConfig, result: DeployResult) -> tuple[bench.Benchmar
     found += [bench.Candidate(f"tensorrt-{p}", engine) for p, engine in result.engines.items()]
     outcome = bench.assemble(cfg, info, bench.measure_candidates(cfg, found, info), {})
     return outcome, bench.write_outputs(
-        outcome, Artifacts.of(cfg).tensorrt_reports, title="TensorRT benchmark (on the device)"
+        outcome, Artifacts.of(cfg).tensorrt_benchmark, title="TensorRT benchmark (on the device)"
     )
 
 

@@ -72,9 +72,14 @@ def size_section(e: Evaluation) -> list[str]:
     ]
 
 
+def true_by_predicted(confusion: tuple[tuple[float, ...], ...]) -> list[list[float]]:
+    """Ultralytics keeps (predicted, true); people read a confusion matrix by its true rows."""
+    return [list(column) for column in zip(*confusion, strict=True)]
+
+
 def confusion_section(e: Evaluation) -> list[str]:
     names = [c.name for c in e.classes] + ["background"]
-    counts = [[e.confusion[p][t] for p in range(len(names))] for t in range(len(names))]  # rows = true
+    counts = true_by_predicted(e.confusion)
     rows = [[names[t], *map(str, counts[t])] for t in range(len(names))]
     return [
         "## Confusion matrix at the per-class thresholds",

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import EvaluateConfig, PipelineConfig, load_params
 from pipeline.core.io import read_json, write_json, write_text
+from pipeline.evaluate.report import render, true_by_predicted
 from pipeline.model.info import ModelInfo, read_model_info, require_weights
 from pipeline.model.scoring import (
     CocoSummary,
@@ -338,19 +340,26 @@ def draw_class_ap(e: Evaluation, path: Path) -> None:
 
 
 def metrics_json(e: Evaluation) -> dict[str, Any]:
-    """The DVC metrics file."""
+    """The DVC metrics file: headline figures only, so `dvc exp show` fits a terminal."""
+    return {"precision": e.precision, "recall": e.recall, "mAP50": e.map50, "mAP50-95": e.map50_95}
+
+
+def details_json(e: Evaluation) -> dict[str, Any]:
+    """Everything behind the headline: per size, per class and the confusion matrix."""
+    names = [c.name for c in e.classes]
     return {
         "split": e.split,
         "images": e.images,
         "instances": e.instances,
-        "precision": e.precision,
-        "recall": e.recall,
-        "mAP50": e.map50,
-        "mAP50-95": e.map50_95,
         "coco_mAP50-95": e.coco_map50_95,
         **{f"AP_{size}": value for size, value in e.by_size.items()},
         "per_class": {c.name: {k: v for k, v in asdict(c).items() if k != "name"} for c in e.classes},
-        "confusion_matrix": [list(row) for row in e.confusion],
+        "confusion_matrix": {
+            "rows": "true class",
+            "columns": "predicted class",
+            "labels": [*names, "background"],
+            "counts": true_by_predicted(e.confusion),
+        },
         "warnings": len(e.warnings),
     }
 
@@ -405,13 +414,12 @@ def register(cfg: PipelineConfig, weights: Path, run_id: str, metrics: dict[str,
 
 
 def write_outputs(cfg: PipelineConfig, e: Evaluation, run_id: str, version: str) -> Path:
-    from pipeline.evaluate.report import render
-
-    out = Path(cfg.paths.evaluation)
-    write_json(out / "metrics.json", metrics_json(e))
-    write_json(out / "thresholds.json", thresholds_json(e, cfg.evaluate.target_precision))
-    write_text(out / "report.md", render(e, cfg.track.register_model, run_id, version, ALIAS))
-    return out
+    files = Artifacts.of(cfg)
+    write_json(files.evaluation_metrics, metrics_json(e))
+    write_json(files.evaluation_details, details_json(e))
+    write_json(files.thresholds, thresholds_json(e, cfg.evaluate.target_precision))
+    write_text(files.evaluation_report, render(e, cfg.track.register_model, run_id, version, ALIAS))
+    return files.evaluation
 
 
 def main(argv: list[str], prog: str = "evaluate", command: str = "evaluate") -> int:
@@ -423,7 +431,7 @@ def main(argv: list[str], prog: str = "evaluate", command: str = "evaluate") -> 
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
     e = run(cfg)
-    weights = Path(cfg.paths.train) / "weights" / "best.pt"
+    weights = Artifacts.of(cfg).best_weights
     with tracking.stage_run(cfg) as active:
         run_id = active.info.run_id
         version = register(cfg, weights, run_id, {k: v for k, v in flat_metrics(e).items() if "/" not in k})
@@ -432,5 +440,6 @@ def main(argv: list[str], prog: str = "evaluate", command: str = "evaluate") -> 
         mlflow.set_tags({"eval.split": e.split, "eval.warnings": str(len(e.warnings))})
         mlflow.log_artifacts(str(out), artifact_path="evaluate")
     print(f"{e.split}: mAP50 {fmt(e.map50)}, mAP50-95 {fmt(e.map50_95)}; {len(e.warnings)} warning(s)")
-    print(f"registered {cfg.track.register_model} version {version} as '{ALIAS}'; report {out / 'report.md'}")
+    report = Artifacts.of(cfg).evaluation_report
+    print(f"registered {cfg.track.register_model} version {version} as '{ALIAS}'; report {report}")
     return 0

@@ -24,7 +24,7 @@ def test_stage_measures_every_format_at_both_batches(project, exported):
     )
     assert benchmark.main(["--params", str(params)]) == 0
     out = exported / "benchmark"
-    result = read_json(out / "benchmark.json")
+    result = read_json(out / "details.json")
 
     names = {"pytorch", "onnx", "torchscript", "openvino"} | (
         {"openvino-bf16"} if cpu_supports("bf16") else set()
@@ -43,6 +43,12 @@ def test_stage_measures_every_format_at_both_batches(project, exported):
     assert "fixed at 1" in result["formats"]["onnx"]["batch_2"]["skipped"]  # static export
     assert result["skipped"]["tensorrt"].startswith("no engine")
     assert "VmHWM" in result["memory_method"]
+    headline = read_json(out / "benchmark.json")  # DVC metrics: the fastest format only
+    fastest = min(names, key=lambda name: result["formats"][name]["batch_1"]["p50_ms"])
+    assert headline["fastest"] == fastest
+    assert headline["p50_ms"] == result["formats"][fastest]["batch_1"]["p50_ms"]
+    reference = result["formats"]["pytorch"]["batch_1"]["p50_ms"]
+    assert headline["vs_pytorch"] == pytest.approx(headline["p50_ms"] / reference, abs=1e-3)
 
     table = (out / "benchmark.md").read_text()
     assert "| onnx | 1 |" in table and "onnx, batch 2: not measured" in table

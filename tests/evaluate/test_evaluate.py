@@ -28,17 +28,22 @@ def test_stage_writes_metrics_thresholds_report_and_registers_a_candidate(projec
     assert evaluate.main(["--params", str(project.params(tmp_path))]) == 0
     out = tmp_path / "evaluation"
 
-    metrics = read_json(out / "metrics.json")
-    assert metrics["split"] == "test" and (metrics["images"], metrics["instances"]) == (4, 20)
-    for key in ("precision", "recall", "mAP50", "mAP50-95", "AP_small"):
-        assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["AP_large"] is None  # no large object in 64 px frames: said, not invented
-    assert list(metrics["per_class"]) == list(CLASSES)
-    assert sum(c["instances"] for c in metrics["per_class"].values()) == 20
-    assert {"ap50", "ap50_95", "precision", "recall"} <= set(metrics["per_class"]["person"])
-    matrix = np.array(metrics["confusion_matrix"])
+    metrics = read_json(out / "metrics.json")  # DVC metrics: the headline only
+    assert set(metrics) == {"precision", "recall", "mAP50", "mAP50-95"}
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    details = read_json(out / "details.json")
+    assert details["split"] == "test" and (details["images"], details["instances"]) == (4, 20)
+    assert 0.0 <= details["AP_small"] <= 1.0
+    assert details["AP_large"] is None  # no large object in 64 px frames: said, not invented
+    assert list(details["per_class"]) == list(CLASSES)
+    assert sum(c["instances"] for c in details["per_class"].values()) == 20
+    assert {"ap50", "ap50_95", "precision", "recall"} <= set(details["per_class"]["person"])
+    confusion = details["confusion_matrix"]
+    assert (confusion["rows"], confusion["columns"]) == ("true class", "predicted class")
+    assert confusion["labels"] == [*CLASSES, "background"]
+    matrix = np.array(confusion["counts"])
     assert matrix.shape == (4, 4)
-    assert matrix[:, :3].sum() == 20  # every labelled object lands in its true-class column once
+    assert matrix[:3, :].sum() == 20  # every labelled object lands in its true-class row once
 
     thresholds = read_json(out / "thresholds.json")
     assert [t["name"] for t in thresholds["classes"].values()] == list(CLASSES)
