@@ -9,11 +9,11 @@ empty class list, `auto` where only `auto` or a number makes sense).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.core.errors import ConfigError
@@ -39,15 +39,15 @@ def _require_auto_or_number(key: str, value: Any, minimum: float = 0.0, nullable
 
 @dataclass
 class SensorConfig:
-    name: str = MISSING
-    channels: int = 3
-    epoch_backbone: int = MISSING
-    epoch_per_sqrt_class: float = MISSING
-    lr_base: float = 0.01
-    lr_factor: float = 1.0
-    warmup_epochs: float = 5.0
-    forbidden_augmentation: list[str] = field(default_factory=list)
-    augmentation: dict[str, float] = field(default_factory=dict)
+    name: str
+    channels: int
+    epoch_backbone: int
+    epoch_per_sqrt_class: float
+    lr_base: float
+    lr_factor: float
+    warmup_epochs: float
+    forbidden_augmentation: list[str]
+    augmentation: dict[str, float]
 
     def __post_init__(self) -> None:
         _require(self.name in SENSORS, "sensor.name", self.name, f"choose one of {SENSORS}")
@@ -56,11 +56,11 @@ class SensorConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    architecture: str = MISSING  # Ultralytics model YAML, built with random weights
-    family: str = MISSING
-    scale: str = MISSING  # where the model sits on the guide's n..x ladder
-    p2_head: bool = False
+    name: str
+    architecture: str  # Ultralytics model YAML, built with random weights
+    family: str
+    scale: str  # where the model sits on the guide's n..x ladder
+    p2_head: bool
 
     def __post_init__(self) -> None:
         _require(self.scale in SCALES, "model.scale", self.scale, f"choose one of {SCALES}")
@@ -74,19 +74,19 @@ class ModelConfig:
 
 @dataclass
 class HardwareConfig:
-    name: str = MISSING
-    platform: str = MISSING
-    device: str = "cpu"
-    gpus: int = 0
-    memory_gb: float = MISSING
-    workers: int = 2
-    amp: bool = False
-    time_hours: float | None = None
-    max_epochs: int | None = None
-    export_precision: str = "fp32"
-    target_fps: float | None = None
-    max_scale: str = "x"
-    batch: dict[str, dict[int, int]] = field(default_factory=dict)
+    name: str
+    platform: str
+    device: str
+    gpus: int
+    memory_gb: float
+    workers: int
+    amp: bool
+    time_hours: float | None
+    max_epochs: int | None
+    export_precision: str
+    target_fps: float | None
+    max_scale: str
+    batch: dict[str, dict[int, int]]
 
     def __post_init__(self) -> None:
         _require(self.gpus >= 0, "hardware.gpus", self.gpus, "use 0 for CPU or the GPU count")
@@ -103,7 +103,7 @@ class HardwareConfig:
 
 @dataclass
 class ClassesConfig:
-    names: list[str] = MISSING
+    names: list[str]
 
     def __post_init__(self) -> None:
         _require(len(self.names) > 0, "classes.names", self.names, "list at least one class")
@@ -113,10 +113,10 @@ class ClassesConfig:
 
 @dataclass
 class SyntheticConfig:
-    sensor: str = "thermal"
-    images: int = 400
-    size: int = 160
-    seed: int = 0
+    sensor: str
+    images: int
+    size: int
+    seed: int
 
     def __post_init__(self) -> None:
         _require(self.sensor in SENSORS, "data.synthetic.sensor", self.sensor, f"one of {SENSORS}")
@@ -161,26 +161,26 @@ FINDING_ACTIONS: dict[str, tuple[str, ...]] = {
 class PolicyConfig:
     """One action per finding kind (see FINDING_ACTIONS and conf/data/synthetic_thermal.yaml)."""
 
-    unreadable_image: str = "drop"
-    exif_orientation: str = "fix"
-    size_mismatch: str = "error"
-    bad_line: str = "error"
-    class_out_of_range: str = "error"
-    unknown_class: str = "error"
-    out_of_bounds: str = "error"
-    slightly_out_of_bounds: str = "fix"
-    degenerate_box: str = "drop"
-    tiny_box: str = "warn"
-    duplicate_box: str = "drop"
-    near_duplicate_box: str = "warn"
-    missing_label: str = "drop"
-    background_image: str = "warn"
-    orphan_label: str = "warn"
-    unlisted_image: str = "drop"
-    no_group: str = "warn"
-    duplicate_image: str = "drop"
-    near_duplicate_image: str = "warn"
-    split_leakage: str = "fix"
+    unreadable_image: str
+    exif_orientation: str
+    size_mismatch: str
+    bad_line: str
+    class_out_of_range: str
+    unknown_class: str
+    out_of_bounds: str
+    slightly_out_of_bounds: str
+    degenerate_box: str
+    tiny_box: str
+    duplicate_box: str
+    near_duplicate_box: str
+    missing_label: str
+    background_image: str
+    orphan_label: str
+    unlisted_image: str
+    no_group: str
+    duplicate_image: str
+    near_duplicate_image: str
+    split_leakage: str
 
     def __post_init__(self) -> None:
         for kind, allowed in FINDING_ACTIONS.items():
@@ -190,13 +190,13 @@ class PolicyConfig:
 
 @dataclass
 class ValidationConfig:
-    clip_tolerance: float = 0.01  # normalised units a box may overhang the frame and still be clipped
-    min_box_pixels: float = 2.0  # a box narrower or lower than this (in source pixels) is a tiny_box
-    near_duplicate_box_iou: float = 0.8
-    near_duplicate_image_distance: int = 4  # perceptual-hash Hamming distance (of 64 bits)
-    exif_labels_frame: str = "displayed"  # frame of labels that state no image size (YOLO txt)
-    missing_label_is_background: bool = False
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    clip_tolerance: float  # normalised units a box may overhang the frame and still be clipped
+    min_box_pixels: float  # a box narrower or lower than this (in source pixels) is a tiny_box
+    near_duplicate_box_iou: float
+    near_duplicate_image_distance: int  # perceptual-hash Hamming distance (of 64 bits)
+    exif_labels_frame: str  # frame of labels that state no image size (YOLO txt)
+    missing_label_is_background: bool
+    policy: PolicyConfig
 
     def __post_init__(self) -> None:
         key = "data.validation"
@@ -212,11 +212,11 @@ class ValidationConfig:
 
 @dataclass
 class SplitConfig:
-    mode: str = "auto"  # auto: keep the source's splits if it has train and val, else split by group
-    group_pattern: str | None = None  # regex on the file stem; its first group is the group key
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
+    mode: str  # auto: keep the source's splits if it has train and val, else split by group
+    group_pattern: str | None  # regex on the file stem; its first group is the group key
+    train: float
+    val: float
+    test: float
 
     def __post_init__(self) -> None:
         _require(self.mode in SPLIT_MODES, "data.split.mode", self.mode, f"one of {SPLIT_MODES}")
@@ -234,12 +234,12 @@ class SplitConfig:
 class NormalizeConfig:
     """How frames deeper than 8 bit (radiometric 16-bit counts) become 8-bit images."""
 
-    method: str = "percentile"  # percentile: stretch [low, high] percentiles; fixed: [fixed_low, fixed_high]
-    scope: str = "frame"  # percentile over each frame (AGC-like) or over the whole dataset (keeps contrast)
-    low_percentile: float = 0.5
-    high_percentile: float = 99.5
-    fixed_low: float = 0.0  # raw counts mapped to 0
-    fixed_high: float = 65535.0  # raw counts mapped to 255
+    method: str  # percentile: stretch [low, high] percentiles; fixed: [fixed_low, fixed_high]
+    scope: str  # percentile over each frame (AGC-like) or over the whole dataset (keeps contrast)
+    low_percentile: float
+    high_percentile: float
+    fixed_low: float  # raw counts mapped to 0
+    fixed_high: float  # raw counts mapped to 255
 
     def __post_init__(self) -> None:
         key = "data.normalize"
@@ -255,26 +255,26 @@ class NormalizeConfig:
 class CocoKeysConfig:
     """The JSON key names; some exporters write e.g. `annotation` or `filename` instead."""
 
-    images: str = "images"
-    annotations: str = "annotations"
-    categories: str = "categories"
-    id: str = "id"
-    file_name: str = "file_name"
-    width: str = "width"
-    height: str = "height"
-    image_id: str = "image_id"
-    category_id: str = "category_id"
-    bbox: str = "bbox"
-    name: str = "name"
-    iscrowd: str = "iscrowd"
+    images: str
+    annotations: str
+    categories: str
+    id: str
+    file_name: str
+    width: str
+    height: str
+    image_id: str
+    category_id: str
+    bbox: str
+    name: str
+    iscrowd: str
 
 
 @dataclass
 class CocoConfig:
-    files: dict[str, str] = field(default_factory=dict)  # split -> JSON under data.path; {}: detect
-    image_dir: str | None = None  # where file_name is resolved (under data.path); null: search
-    category_id_base: int = 1  # id of the first category when the JSON's categories carry no ids
-    keys: CocoKeysConfig = field(default_factory=CocoKeysConfig)
+    files: dict[str, str]  # split -> JSON under data.path; {}: detect
+    image_dir: str | None  # where file_name is resolved (under data.path); null: search
+    category_id_base: int  # id of the first category when the JSON's categories carry no ids
+    keys: CocoKeysConfig
 
     def __post_init__(self) -> None:
         base = self.category_id_base
@@ -285,42 +285,55 @@ class CocoConfig:
 
 @dataclass
 class VocConfig:
-    annotations: str = "Annotations"
-    images: str = "JPEGImages"
-    image_sets: str = "ImageSets/Main"
-    one_based: bool = True  # VOC pixel indices start at 1 (Ultralytics' VOC conversion subtracts 1)
+    annotations: str
+    images: str
+    image_sets: str
+    one_based: bool  # VOC pixel indices start at 1 (Ultralytics' VOC conversion subtracts 1)
+
+
+FORMAT_SECTIONS = {"synthetic": "synthetic", "coco": "coco", "voc": "voc"}
 
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
-    format: str = MISSING
-    path: str | None = None
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    class_map: dict[str, str | None] = field(default_factory=dict)  # source name -> target, null drops
-    link: str = "hardlink"  # how unconverted images reach the output; falls back hardlink->symlink->copy
-    split: SplitConfig = field(default_factory=SplitConfig)
-    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    coco: CocoConfig = field(default_factory=CocoConfig)
-    voc: VocConfig = field(default_factory=VocConfig)
+    name: str
+    format: str
+    path: str | None
+    class_map: dict[str, str | None]  # source name -> target, null drops
+    link: str  # how unconverted images reach the output; falls back hardlink->symlink->copy
+    split: SplitConfig
+    normalize: NormalizeConfig
+    validation: ValidationConfig
+    # The reader's own section, present for its format only (None is "absent", not a default: the
+    # values live in conf/data/<entry>.yaml).
+    synthetic: SyntheticConfig | None = None
+    coco: CocoConfig | None = None
+    voc: VocConfig | None = None
 
     def __post_init__(self) -> None:
         _require(self.format in DATA_FORMATS, "data.format", self.format, f"one of {DATA_FORMATS}")
         if self.format != "synthetic":
             _require(bool(self.path), "data.path", self.path, "set data.path=/path/to/dataset")
         _require(self.link in LINK_MODES, "data.link", self.link, f"one of {LINK_MODES}")
+        section = FORMAT_SECTIONS.get(self.format)
+        if section is not None:
+            _require(
+                getattr(self, section) is not None,
+                f"data.{section}",
+                None,
+                f"data.format={self.format} reads the data.{section} section: copy it from conf/data/",
+            )
 
 
 @dataclass
 class PathsConfig:
-    prepared: str = "data/prepared"
-    analysis: str = "reports/analyze"
-    train: str = "runs/train"
-    train_report: str = "reports/train"
-    evaluation: str = "reports/evaluate"
-    export: str = "models/export"
-    benchmark: str = "reports/benchmark"
+    prepared: str
+    analysis: str
+    train: str
+    train_report: str
+    evaluation: str
+    export: str
+    benchmark: str
 
 
 AUGMENTATION_KEYS = (
@@ -340,32 +353,32 @@ AUGMENTATION_KEYS = (
 class TrainConfig:
     """Ultralytics training arguments; `auto` ones are resolved by `pipeline.core.rules`."""
 
-    epochs: Any = AUTO
-    patience: Any = AUTO
-    time_hours: Any = AUTO
-    imgsz: Any = AUTO
-    batch: Any = AUTO
-    workers: Any = AUTO
-    lr0: Any = AUTO
-    lrf: float = 0.01
-    warmup_epochs: Any = AUTO
-    optimizer: str = "AdamW"
-    cos_lr: bool = True
-    amp: Any = AUTO
-    cache: Any = AUTO
-    hsv_h: Any = AUTO
-    hsv_s: Any = AUTO
-    hsv_v: Any = AUTO
-    degrees: Any = AUTO
-    translate: Any = AUTO
-    scale: Any = AUTO
-    mosaic: Any = AUTO
-    mixup: Any = AUTO
-    copy_paste: Any = AUTO
-    fliplr: float = 0.5
-    close_mosaic: Any = AUTO
-    allow_unsafe_augmentation: bool = False
-    strict_guardrails: bool = False
+    epochs: Any
+    patience: Any
+    time_hours: Any
+    imgsz: Any
+    batch: Any
+    workers: Any
+    lr0: Any
+    lrf: float
+    warmup_epochs: Any
+    optimizer: str
+    cos_lr: bool
+    amp: Any
+    cache: Any
+    hsv_h: Any
+    hsv_s: Any
+    hsv_v: Any
+    degrees: Any
+    translate: Any
+    scale: Any
+    mosaic: Any
+    mixup: Any
+    copy_paste: Any
+    fliplr: float
+    close_mosaic: Any
+    allow_unsafe_augmentation: bool
+    strict_guardrails: bool
 
     def __post_init__(self) -> None:
         for key in ("epochs", "patience", "batch", "workers", "close_mosaic"):
@@ -383,21 +396,21 @@ class TrainConfig:
 
 @dataclass
 class TrackConfig:
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = "yolo-pipeline"
-    register_model: str = "yolo-detector"
+    tracking_uri: str
+    experiment: str
+    register_model: str
 
 
 @dataclass
 class EvaluateConfig:
-    split: str = "test"
-    conf: float = 0.001
-    iou: float = 0.7
-    batch: int = 16
-    target_precision: float | None = None
-    localisation_ratio: float = 0.5  # warn when mAP50-95 < this x mAP50 (boxes found but fitted loosely)
-    weak_class_ratio: float = 0.5  # warn for a class whose AP50-95 < this x the mean over classes
-    swap_fraction: float = 0.1  # warn for two classes mistaken for each other in this share of their objects
+    split: str
+    conf: float
+    iou: float
+    batch: int
+    target_precision: float | None
+    localisation_ratio: float  # warn when mAP50-95 < this x mAP50 (boxes found but fitted loosely)
+    weak_class_ratio: float  # warn for a class whose AP50-95 < this x the mean over classes
+    swap_fraction: float  # warn for two classes mistaken for each other in this share of their objects
 
     def __post_init__(self) -> None:
         _require(self.split in ("test", "val"), "evaluate.split", self.split, "use test or val")
@@ -419,13 +432,11 @@ OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
 class TensorRTConfig:
     """The on-device engine build (`python -m pipeline deploy`, deploy/dvc.yaml)."""
 
-    precisions: list[str] = field(default_factory=lambda: ["fp16", "int8"])
-    max_map_drop: dict[str, float] = field(
-        default_factory=lambda: {"fp32": 0.005, "fp16": 0.01, "int8": 0.03}
-    )
-    calibration_images: int = 128
-    calibration_batch: int = 8
-    workspace_gb: float = 4.0
+    precisions: list[str]
+    max_map_drop: dict[str, float]
+    calibration_images: int
+    calibration_batch: int
+    workspace_gb: float
 
     def __post_init__(self) -> None:
         for precision in self.precisions:
@@ -450,14 +461,14 @@ class TensorRTConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[str] = field(default_factory=lambda: ["onnx", "torchscript", "openvino"])
-    opset: int = 17
-    dynamic: bool = False
-    simplify: bool = True
-    parity_images: int = 16
-    max_abs_diff: float = 0.01
-    max_map_drop: float = 0.005
-    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    formats: list[str]
+    opset: int
+    dynamic: bool
+    simplify: bool
+    parity_images: int
+    max_abs_diff: float
+    max_map_drop: float
+    tensorrt: TensorRTConfig
 
     def __post_init__(self) -> None:
         _require(len(self.formats) > 0, "export.formats", self.formats, f"list some of {EXPORT_FORMATS}")
@@ -472,12 +483,12 @@ class ExportConfig:
 
 @dataclass
 class BenchmarkConfig:
-    warmup: int = 5
-    runs: int = 30
-    batch: int = 4
-    threads: int = 2
-    images: int = 16
-    openvino_precisions: list[str] = field(default_factory=lambda: ["f32", "bf16"])
+    warmup: int
+    runs: int
+    batch: int
+    threads: int
+    images: int
+    openvino_precisions: list[str]
 
     def __post_init__(self) -> None:
         for key in ("runs", "batch", "threads", "images"):
@@ -499,15 +510,15 @@ RETRAIN_METRICS = ("mAP50-95", "mAP50", "precision", "recall")
 class RetrainConfig:
     """`python -m pipeline retrain`: when a challenger replaces the champion (pipeline/retrain.py)."""
 
-    metric: str = "mAP50-95"  # compared on the current evaluation split
-    min_improvement: float = 0.005  # the challenger must beat the champion's metric by at least this
-    max_class_drop: float = 0.05  # and no class's AP50-95 may fall by more than this (absolute)
-    targets: list[str] = field(default_factory=list)  # `dvc repro` targets; [] = all of dvc.yaml
-    refresh_data: bool = True  # rerun prepare even when DVC sees no change (a data folder outside DVC)
-    lock_file: str = ".dvc/tmp/retrain.lock"
-    lock_wait: float | None = 0.0  # seconds a second invocation waits for the lock; null: forever
-    records: str = "reports/retrain"  # decision records (JSON and Markdown)
-    experiment: str = "yolo-pipeline-retrain"  # MLflow experiment of the decision records
+    metric: str  # compared on the current evaluation split
+    min_improvement: float  # the challenger must beat the champion's metric by at least this
+    max_class_drop: float  # and no class's AP50-95 may fall by more than this (absolute)
+    targets: list[str]  # `dvc repro` targets; [] = all of dvc.yaml
+    refresh_data: bool  # rerun prepare even when DVC sees no change (a data folder outside DVC)
+    lock_file: str
+    lock_wait: float | None  # seconds a second invocation waits for the lock; null: forever
+    records: str  # decision records (JSON and Markdown)
+    experiment: str  # MLflow experiment of the decision records
 
     def __post_init__(self) -> None:
         _require(self.metric in RETRAIN_METRICS, "retrain.metric", self.metric, f"one of {RETRAIN_METRICS}")
@@ -521,19 +532,19 @@ class RetrainConfig:
 
 @dataclass
 class PipelineConfig:
-    data: DataConfig = MISSING
-    sensor: SensorConfig = MISSING
-    model: ModelConfig = MISSING
-    hardware: HardwareConfig = MISSING
-    classes: ClassesConfig = MISSING
-    seed: int = 0
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    track: TrackConfig = field(default_factory=TrackConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    data: DataConfig
+    sensor: SensorConfig
+    model: ModelConfig
+    hardware: HardwareConfig
+    classes: ClassesConfig
+    seed: int
+    paths: PathsConfig
+    train: TrainConfig
+    track: TrackConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+    benchmark: BenchmarkConfig
+    retrain: RetrainConfig
 
 
 def validate(raw: DictConfig | dict, source: str = "config") -> PipelineConfig:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from pipeline.core import config
 from pipeline.core.compose import CONF_DIR, compose_config, compose_params
 from pipeline.core.config import load_params, validate
 from pipeline.core.errors import ConfigError
@@ -95,3 +97,21 @@ def test_load_params_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_params(bad)
     assert str(bad) in str(error.value) and "seed" in str(error.value)
+
+
+def test_conf_is_the_one_source_of_every_default():
+    """The schema types and checks values; conf/ gives them. A default written in both drifts."""
+    with_defaults = [
+        f"{cls.__name__}.{f.name}"
+        for cls in vars(config).values()
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ]
+    # the readers' own sections are absent (None) for other formats: structure, not a default value
+    assert sorted(with_defaults) == ["DataConfig.coco", "DataConfig.synthetic", "DataConfig.voc"]
+
+
+def test_a_format_without_its_section_is_refused():
+    with pytest.raises(ConfigError, match=r"data\.voc"):
+        compose_config(["data=yolo_dir", "data.path=/data", "data.format=voc"])

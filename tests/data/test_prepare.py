@@ -630,7 +630,6 @@ def assert_groups_whole(out: Path) -> None:
 def test_group_split_is_deterministic_stratified_and_follows_the_ratios():
     from collections import Counter
 
-    from pipeline.core.config import SplitConfig
     from pipeline.data.prepare import Item
 
     def item(group: str, cls: int) -> Item:
@@ -640,9 +639,10 @@ def test_group_split_is_deterministic_stratified_and_follows_the_ratios():
 
     # 100 groups of one frame; class 1 is rare (10 groups)
     items = [item(f"g{i:03d}", 1 if i % 10 == 0 else 0) for i in range(100)]
-    where = split_groups(items, SplitConfig(), seed=0)
-    assert where == split_groups(items, SplitConfig(), seed=0)
-    assert where != split_groups(items, SplitConfig(), seed=1)
+    ratios = compose_config([]).data.split  # the defaults of conf/data/common/prepare.yaml: 70/15/15
+    where = split_groups(items, ratios, seed=0)
+    assert where == split_groups(items, ratios, seed=0)
+    assert where != split_groups(items, ratios, seed=1)
     assert Counter(where.values()) == {"train": 70, "val": 15, "test": 15}
     rare = Counter(where[f"g{i:03d}"] for i in range(0, 100, 10))
     assert rare["train"] == 7 and rare["val"] >= 1 and rare["test"] >= 1
