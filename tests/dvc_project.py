@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-COPIED_DIRS = ("conf", "pipeline", "hydra_plugins", ".dvc")
+COPIED_DIRS = ("conf", "pipeline", "hydra_plugins", ".dvc", "scripts")
 COPIED_FILES = ("dvc.yaml", ".gitignore", ".dvcignore")
 GIT_USER = ("-c", "user.email=test@example.com", "-c", "user.name=test")
 

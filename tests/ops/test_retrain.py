@@ -17,13 +17,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.core.compose import write_params
-from pipeline.core.config import RetrainConfig
+from pipeline.core.compose import compose_config, write_params
 from pipeline.core.io import read_json
 from pipeline.ops import retrain
 from tests.dvc_project import (
@@ -35,7 +35,7 @@ from tests.dvc_project import (
     start,
 )
 
-RULE = RetrainConfig(metric="mAP50-95", min_improvement=0.01, max_class_drop=0.05)
+RULE = replace(compose_config([]).retrain, metric="mAP50-95", min_improvement=0.01, max_class_drop=0.05)
 MODEL = "detector"
 
 

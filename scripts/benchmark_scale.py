@@ -1,0 +1,86 @@
+"""Prepare and version datasets of growing size: seconds per 1,000 images and disk over source size.
+
+For each size, a YOLO-layout dataset of generated 8-bit RGB JPEGs is written outside a throwaway
+copy of the project (its own git and DVC repository), then `dvc repro prepare` reads, validates,
+splits and links it into data/prepared and DVC commits the result to its cache. Reported:
+
+- seconds per 1,000 images of `dvc repro prepare` (prepare itself plus DVC hashing and caching);
+- disk used by source + data/prepared + DVC cache together, over the source alone (`du` counts a
+  hard-linked file once): 1.0 means the workspace and the cache add nothing but labels and indexes.
+
+Targets (issue 16): the per-image cost at the largest size within 1.3x of the smallest; disk ratio at
+most 1.1.
+
+    PYTHONPATH=. .venv/bin/python scripts/benchmark_scale.py [--sizes 1000 10000 50000] [--size 320]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from pipeline.data.synthetic import generate
+from tests.dvc_project import command, make_project
+
+
+def write_dataset(root: Path, images: int, size: int) -> Path:
+    """`images` generated RGB frames as JPEG with YOLO labels, in one folder pair (split by prepare)."""
+    image_dir, label_dir = root / "images", root / "labels"
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir()
+    for frame in tqdm(generate("rgb", images, size, seed=0), total=images, desc=f"writing {images}"):
+        cv2.imwrite(str(image_dir / f"{frame.name}.jpg"), frame.image[:, :, ::-1])
+        rows = (f"{int(b[0])} {b[1]:.6f} {b[2]:.6f} {b[3]:.6f} {b[4]:.6f}" for b in frame.boxes)
+        (label_dir / f"{frame.name}.txt").write_text("\n".join(rows))
+    return root
+
+
+def disk_kib(*paths: Path) -> int:
+    """Disk used by all `paths` together; a hard-linked file counts once."""
+    done = subprocess.run(["du", "-sck", *map(str, paths)], capture_output=True, text=True, check=True)
+    return int(done.stdout.splitlines()[-1].split()[0])
+
+
+def measure(root: Path, images: int, size: int) -> dict[str, float]:
+    source = write_dataset(root / "source", images, size)
+    repo = make_project(root / "project", {})
+    overrides = [
+        "data=yolo_dir",
+        f"data.path={source}",
+        "classes=synthetic",
+        "data.split.group_pattern='^(seq\\d+)_'",
+    ]
+    command(repo, "python", "-m", "pipeline", "compose", *overrides)
+    start = time.perf_counter()
+    command(repo, "dvc", "repro", "prepare", timeout=7200)
+    seconds = time.perf_counter() - start
+    total = disk_kib(source, repo / "data" / "prepared", repo / ".dvc" / "cache")
+    return {"images": images, "s_per_1000": 1000 * seconds / images, "disk_ratio": total / disk_kib(source)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    parser.add_argument("--size", type=int, default=320, help="frame size in pixels")
+    args = parser.parse_args()
+    rows = []
+    for images in args.sizes:
+        with tempfile.TemporaryDirectory(prefix=f"scale{images}-") as tmp:
+            rows.append(measure(Path(tmp), images, args.size))
+        row = rows[-1]
+        print(f"{images:>7} images: {row['s_per_1000']:.2f} s per 1,000, disk {row['disk_ratio']:.3f}x")
+    growth = rows[-1]["s_per_1000"] / rows[0]["s_per_1000"]
+    print(f"per-image cost at {rows[-1]['images']} vs {rows[0]['images']}: {growth:.2f}x (target <= 1.3)")
+    print(f"largest disk ratio: {max(r['disk_ratio'] for r in rows):.3f} (target <= 1.1)")
+
+
+if __name__ == "__main__":
+    main()
