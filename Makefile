@@ -28,7 +28,7 @@ run: setup  ## run the whole pipeline on the embedded synthetic thermal data, th
 test: setup  ## run the test suite (CPU, tiny data; the real-data tests need ../shared/datasets)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
 
-test-fast: setup  ## the tests that train nothing
+test-fast: setup  ## skip the slow tests (real datasets, longer training)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow"
 
 lint: setup  ## ruff check and format check

@@ -48,6 +48,9 @@ class SensorConfig:
     warmup_epochs: float
     forbidden_augmentation: list[str]
     augmentation: dict[str, float]
+    patience_fraction: float
+    images_per_class: int
+    epoch_table: list[list[int]]  # [from train images, converges by low, high epochs]
 
     def __post_init__(self) -> None:
         _require(self.name in SENSORS, "sensor.name", self.name, f"choose one of {SENSORS}")

@@ -12,19 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.config import AUGMENTATION_KEYS, AUTO, SCALES, HardwareConfig, PipelineConfig
+from pipeline.core.config import AUGMENTATION_KEYS, AUTO, SCALES, HardwareConfig, PipelineConfig, SensorConfig
 from pipeline.core.errors import GuardrailError
 
-# Table 10: expected convergence epochs by training-set size: (from images, RGB band, thermal band).
-EPOCH_TABLE = (
-    (0, (800, 1500), (2000, 3000)),
-    (1000, (400, 800), (1200, 2000)),
-    (3000, (200, 400), (700, 1200)),
-    (8000, (150, 250), (500, 900)),
-    (15000, (100, 200), (400, 700)),
-)
+# The sensor-specific tables (Table 10's epoch column, patience fraction, per-class image need) are
+# in conf/sensor/<name>.yaml, so a new sensor is YAML only.
 EPOCH_BUFFER = 1.15  # Table 10 note: set config epochs 15-20 % above the expected convergence
-PATIENCE_FRACTION = {"rgb": 0.25, "thermal": 0.3}  # sections 4.4.3 and 5.4.4: 25-30 % of epochs
 WARMUP_MAX_FRACTION = 0.05
 # Table 5 minimum images per scale, and Algorithm 3's dataset-based ceiling.
 SCALE_MIN_IMAGES = {"n": 1500, "s": 3000, "m": 6000, "l": 10000, "x": 15000}
@@ -85,12 +78,11 @@ def epochs_for_classes(backbone: int, k: float, classes: int) -> tuple[int, str]
     return value, f"{backbone} + {k:g} x sqrt({classes}) (E_backbone + k*sqrt(C), guide 14.5)"
 
 
-def epochs_for_dataset_size(sensor: str, train_images: int) -> tuple[int, str]:
+def epochs_for_dataset_size(sensor: SensorConfig, train_images: int) -> tuple[int, str]:
     """Table 10: convergence epochs by dataset size, plus the 15 % buffer its note asks for."""
-    row = max((r for r in EPOCH_TABLE if train_images >= r[0]), key=lambda r: r[0])
-    low, high = row[2] if sensor == "thermal" else row[1]
+    _, low, high = max((r for r in sensor.epoch_table if train_images >= r[0]), key=lambda r: r[0])
     value = round(high * EPOCH_BUFFER)
-    return value, f"Table 10 ({sensor}, {train_images} images): converges by {low}-{high}, +15 % buffer"
+    return value, f"Table 10 ({sensor.name}, {train_images} images): converges by {low}-{high}, +15 % buffer"
 
 
 def epochs_rule(cfg: PipelineConfig, facts: DatasetFacts | None) -> tuple[int, str]:
@@ -99,7 +91,7 @@ def epochs_rule(cfg: PipelineConfig, facts: DatasetFacts | None) -> tuple[int, s
     )
     if facts is None:
         return by_classes, f"{by_classes} = {reason}"
-    by_size, size_reason = epochs_for_dataset_size(cfg.sensor.name, facts.train_images)
+    by_size, size_reason = epochs_for_dataset_size(cfg.sensor, facts.train_images)
     if by_size > by_classes:
         return by_size, f"{by_size} from {size_reason}; above {by_classes} = {reason}"
     return by_classes, f"{by_classes} = {reason}; {size_reason} asks only {by_size}"
@@ -115,8 +107,7 @@ def lr0_rule(lr_base: float, lr_factor: float, classes: int, sensor: str) -> tup
     return value, reason + " (guide 14.5.6)"
 
 
-def patience_rule(epochs: int, sensor: str) -> tuple[int, str]:
-    fraction = PATIENCE_FRACTION[sensor]
+def patience_rule(epochs: int, fraction: float) -> tuple[int, str]:
     return max(1, round(epochs * fraction)), f"{fraction:.0%} of {epochs} epochs (guide 4.4.3, 5.4.4)"
 
 
@@ -209,7 +200,7 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
 
     t, hw, classes = cfg.train, cfg.hardware, len(cfg.classes.names)
     epochs = decide("epochs", t.epochs, lambda: capped_by_profile(epochs_rule(cfg, facts), hw))
-    decide("patience", t.patience, lambda: patience_rule(epochs, cfg.sensor.name))
+    decide("patience", t.patience, lambda: patience_rule(epochs, cfg.sensor.patience_fraction))
     decide("time", t.time_hours, lambda: _time_budget(cfg))
     imgsz = decide("imgsz", t.imgsz, lambda: imgsz_rule(facts))
     decide("batch", t.batch, lambda: training_batch_rule(cfg, imgsz, facts))
@@ -344,7 +335,6 @@ ALGORITHM4_TOP_IMGSZ = 1920
 SEVERE_IMBALANCE = 5.0  # 17.1: max/min instances above 5 is severe
 MIN_CLASS_IMAGES = 1000  # 14.2.4: minimum images per class regardless of dataset size
 BACKBONE_IMAGES = 3000  # eq. 21: N_backbone
-PER_CLASS_IMAGES = {"rgb": 1000, "thermal": 5000}  # eq. 22-23, lower ends, from scratch
 EDGE_PLATFORM_PREFIX = "jetson"
 
 
@@ -400,7 +390,7 @@ def p2_head_rule(fraction_tiny: float, fraction_small: float, imgsz: int, platfo
 
 
 def data_warnings(
-    sensor: str, names: list[str], facts: DatasetFacts, class_instances: dict[str, int]
+    sensor: SensorConfig, names: list[str], facts: DatasetFacts, class_instances: dict[str, int]
 ) -> list[str]:
     """Data sufficiency for from-scratch training (Table 5, 3.4.2, 14.1-14.2) and class balance (17.1)."""
     warnings = []
@@ -410,12 +400,13 @@ def data_warnings(
             f"{n} training images: below Table 5's {SCALE_MIN_IMAGES['n']} minimum even for scale n from "
             "scratch; consider data collection (Algorithm 3) or pretrained weights"
         )
-    per_class = PER_CLASS_IMAGES[sensor]
+    per_class = sensor.images_per_class
     needed = BACKBONE_IMAGES + classes * per_class
     if n < needed:
         warnings.append(
             f"too few images per class for from-scratch training: {n} training images for {classes} "
-            f"{sensor} classes; N_backbone {BACKBONE_IMAGES} + {classes} x {per_class} per class = {needed} "
+            f"{sensor.name} classes; N_backbone {BACKBONE_IMAGES} + {classes} x {per_class} per class "
+            f"= {needed} "
             "(guide 3.4.2, eq. 20-23)"
         )
     warnings += _class_warnings(sensor, names, facts.class_images, class_instances)
@@ -423,7 +414,7 @@ def data_warnings(
 
 
 def _class_warnings(
-    sensor: str, names: list[str], class_images: tuple[int, ...], class_instances: dict[str, int]
+    sensor: SensorConfig, names: list[str], class_images: tuple[int, ...], class_instances: dict[str, int]
 ) -> list[str]:
     warnings = []
     absent = [name for name in names if class_instances.get(name, 0) == 0]
@@ -441,11 +432,11 @@ def _class_warnings(
             f"classes below the {MIN_CLASS_IMAGES}-image minimum per class: {minority} "
             "(guide 14.2.4: minority classes need it regardless of dataset size)"
         )
-    per_class = PER_CLASS_IMAGES[sensor]
+    per_class = sensor.images_per_class
     short = _classes_between(names, class_images, MIN_CLASS_IMAGES, per_class)
     if short:
         warnings.append(
-            f"classes below {per_class} images, the {sensor} per-class need from scratch: {short} "
+            f"classes below {per_class} images, the {sensor.name} per-class need from scratch: {short} "
             "(guide eq. 23: thermal needs 5-7x the RGB data per class)"
         )
     return warnings

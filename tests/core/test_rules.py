@@ -46,7 +46,7 @@ def test_lr0_follows_table_26(classes, rgb, thermal):
     ],
 )
 def test_dataset_size_epochs_follow_table_10_with_buffer(images, sensor, band):
-    value, reason = rules.epochs_for_dataset_size(sensor, images)
+    value, reason = rules.epochs_for_dataset_size(compose_config([f"sensor={sensor}"]).sensor, images)
     assert band[1] * 1.15 == pytest.approx(value, abs=1)
     assert f"{band[0]}-{band[1]}" in reason
 

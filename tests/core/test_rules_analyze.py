@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core import rules
+from pipeline.core.compose import compose_config
 from pipeline.core.rules import DatasetFacts
+
+THERMAL = compose_config(["sensor=thermal"]).sensor
+RGB = compose_config(["sensor=rgb"]).sensor
 
 
 @pytest.mark.parametrize(
@@ -69,21 +73,21 @@ def test_sufficiency_uses_backbone_plus_per_class_need():
     # eq. 20-23: 3000 + 2 x 5000 = 13000 thermal images, 3000 + 2 x 1000 = 5000 RGB
     counts = {"a": 5000, "b": 5000}
     assert any(
-        "= 13000" in w for w in rules.data_warnings("thermal", ["a", "b"], facts(12999, (6000,) * 2), counts)
+        "= 13000" in w for w in rules.data_warnings(THERMAL, ["a", "b"], facts(12999, (6000,) * 2), counts)
     )
-    assert not rules.data_warnings("thermal", ["a", "b"], facts(13000, (6000, 6000)), counts)
-    assert not rules.data_warnings("rgb", ["a", "b"], facts(5000, (1000, 1000)), counts)
+    assert not rules.data_warnings(THERMAL, ["a", "b"], facts(13000, (6000, 6000)), counts)
+    assert not rules.data_warnings(RGB, ["a", "b"], facts(5000, (1000, 1000)), counts)
 
 
 def test_table_5_minimum_for_nano():
-    warnings = rules.data_warnings("rgb", ["a"], facts(1499, (1499,)), {"a": 1499})
+    warnings = rules.data_warnings(RGB, ["a"], facts(1499, (1499,)), {"a": 1499})
     assert any("Table 5's 1500 minimum" in w for w in warnings)
-    assert not any("Table 5" in w for w in rules.data_warnings("rgb", ["a"], facts(1500, (1500,)), {"a": 1}))
+    assert not any("Table 5" in w for w in rules.data_warnings(RGB, ["a"], facts(1500, (1500,)), {"a": 1}))
 
 
 def test_minority_and_thermal_per_class_warnings_do_not_overlap():
     names, counts = ["a", "b", "c"], {"a": 1, "b": 1, "c": 1}
-    warnings = rules.data_warnings("thermal", names, facts(50000, (800, 1500, 6000)), counts)
+    warnings = rules.data_warnings(THERMAL, names, facts(50000, (800, 1500, 6000)), counts)
     assert [w for w in warnings if "1000-image minimum" in w] == [
         "classes below the 1000-image minimum per class: a (800) (guide 14.2.4: minority classes need it "
         "regardless of dataset size)"
@@ -91,15 +95,15 @@ def test_minority_and_thermal_per_class_warnings_do_not_overlap():
     assert any(
         w.startswith("classes below 5000 images") and "b (1500)" in w and "a (" not in w for w in warnings
     )
-    rgb = rules.data_warnings("rgb", names, facts(50000, (800, 1500, 6000)), counts)
+    rgb = rules.data_warnings(RGB, names, facts(50000, (800, 1500, 6000)), counts)
     assert not any("per-class need" in w for w in rgb)  # RGB's per-class need is the 1000 minimum
 
 
 def test_severe_imbalance_is_above_five_and_absent_classes_are_named():
     names = ["a", "b", "c"]
-    ok = rules.data_warnings("rgb", names, facts(50000, (5000,) * 3), {"a": 50, "b": 10, "c": 20})
+    ok = rules.data_warnings(RGB, names, facts(50000, (5000,) * 3), {"a": 50, "b": 10, "c": 20})
     assert not any("imbalance" in w for w in ok)
-    bad = rules.data_warnings("rgb", names, facts(50000, (5000,) * 3), {"a": 51, "b": 10, "c": 0})
+    bad = rules.data_warnings(RGB, names, facts(50000, (5000,) * 3), {"a": 51, "b": 10, "c": 0})
     assert any("severe class imbalance: 5.1:1" in w for w in bad)
     assert any("no training instance of c" in w for w in bad)
 
