@@ -212,9 +212,21 @@ def swap_warnings(matrix: np.ndarray, classes: tuple[ClassMetrics, ...], fractio
     return found
 
 
+def selection_warning(split: str) -> list[str]:
+    """val chose best.pt (and early stopping watched it): scores on it flatter the model."""
+    if split != "val":
+        return []
+    return [
+        "Optimistic figures: evaluated on the val split, which training used to pick best.pt and to stop "
+        "early. Give the dataset a test split (data.split.test > 0, or the source's own) for an unbiased "
+        "estimate."
+    ]
+
+
 def all_warnings(e: Evaluation, matrix: np.ndarray, cfg: EvaluateConfig) -> tuple[str, ...]:
     return tuple(
-        localisation_warning(e.map50, e.map50_95, cfg.localisation_ratio)
+        selection_warning(e.split)
+        + localisation_warning(e.map50, e.map50_95, cfg.localisation_ratio)
         + weak_class_warnings(e.classes, cfg.weak_class_ratio)
         + swap_warnings(matrix, e.classes, cfg.swap_fraction)
     )

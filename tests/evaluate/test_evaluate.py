@@ -82,6 +82,8 @@ def test_falls_back_to_val_and_says_so(project, tmp_path):
     result = evaluate.run(cfg)
     assert result.split == "val"
     assert result.split_note == "the val split, because the dataset has no test split"
+    assert result.warnings[0].startswith("Optimistic figures: evaluated on the val split")
+    assert not evaluate.selection_warning("test")
 
 
 # ---- thresholds -----------------------------------------------------------------------------------
