@@ -35,7 +35,8 @@ from pipeline.core.config import BenchmarkConfig, PipelineConfig, load_params
 from pipeline.core.io import write_json, write_text
 from pipeline.core.markdown import table
 from pipeline.deploy.export import exported_models, models_dir, weights_path
-from pipeline.model.inference import Runner, cpu_supports, decode, open_runner, preprocess
+from pipeline.model.images import preprocess
+from pipeline.model.inference import Runner, cpu_supports, decode, open_runner
 from pipeline.model.info import ModelInfo, read_model_info, require_weights
 from pipeline.model.scoring import Sample, load_images, measure_map, read_split
 from pipeline.model.tensorrt import missing_requirements

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.model.inference import Runner, chunks, preprocess, run_batch
+from pipeline.model.images import preprocess
+from pipeline.model.inference import Runner, chunks, run_batch
 from pipeline.model.info import ModelInfo
 from pipeline.model.scoring import Sample, measure_map
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import DataError, MissingDependencyError
-from pipeline.model.inference import Detections, Runner, load_image, predict
+from pipeline.model.images import load_image
+from pipeline.model.inference import Detections, Runner, predict
 from pipeline.model.info import ModelInfo
 
 # The validation protocol (Ultralytics' `val` defaults): keep nearly every box so the PR curve is complete.

@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.core.artifacts import metadata_path
 from pipeline.core.errors import MissingDependencyError, PipelineError
 from pipeline.core.io import read_json, write_json
+from pipeline.model.images import load_image, preprocess
 from pipeline.model.info import ModelInfo, file_sha256
 
 TRT_MAJOR = 10
@@ -159,8 +160,6 @@ class CalibrationSet:
         return len(self.images) // self.batch_size
 
     def batches(self) -> Iterator[np.ndarray]:
-        from pipeline.model.inference import load_image, preprocess
-
         for start in range(0, self.batch_count * self.batch_size, self.batch_size):
             files = self.images[start : start + self.batch_size]
             yield preprocess([load_image(f, self.channels) for f in files], self.imgsz).array
