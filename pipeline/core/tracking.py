@@ -9,6 +9,7 @@ The tracking URI is `track.tracking_uri` (SQLite in the project root by default)
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,15 @@ from pipeline.core.errors import MissingDependencyError
 from pipeline.core.io import read_json
 
 RUN_FILE = "run.json"
+REDACTED = "***"
+# `scheme://user:password@host`: the password goes, the user stays (it helps to tell stores apart).
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+:)[^@/\s]+@")
+# `?token=...`, `&api_key=...`, `X-Amz-Signature=...`: any query key that names a secret.
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&;][^=&#\s]*(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|signature|sig|credential|auth)"
+    r"[^=&#\s]*=)[^&#\s]+",
+    re.IGNORECASE,
+)
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -73,6 +83,17 @@ def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None
     }
     if clean:
         mlflow.log_metrics(clean, step=step)
+
+
+def scrub_credentials(text: str) -> str:
+    """`text` with URI passwords and secret-bearing query values replaced by `***`: params and tags
+    are readable by everyone with access to the tracking store."""
+    return _QUERY_SECRET.sub(rf"\g<head>{REDACTED}", _URI_PASSWORD.sub(rf"\g<head>{REDACTED}@", text))
+
+
+def scrubbed(values: Mapping[str, Any]) -> dict[str, str]:
+    """Params or tags ready for MLflow: every value as text, credentials removed."""
+    return {key: scrub_credentials(str(value)) for key, value in values.items()}
 
 
 def sanitize_key(key: str) -> str:

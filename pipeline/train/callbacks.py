@@ -8,13 +8,58 @@ MLflow run through its id and tracking URI (no active run is needed in a worker 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import ConfigError
+
+# `PIPELINE_KILL_AT=<point>[:<epoch>]` SIGKILLs training at a named moment: how the tests prove that a
+# rerun recovers from a kill anywhere. Points, in the order Ultralytics reaches them:
+KILL_ENV = "PIPELINE_KILL_AT"
+KILL_POINTS = (
+    "setup",  # after Ultralytics built the model, data and optimizer, before epoch 1
+    "mid_epoch",  # after the first batch of the epoch
+    "after_results_row",  # the epoch's results.csv row is written, its checkpoint is not
+    "optimizer_strip",  # training ended; last.pt is stripped of its optimizer, best.pt is not yet
+    "final_validation",  # both checkpoints stripped; Ultralytics' final validation of best.pt starts
+)
+
 
 def is_main_rank() -> bool:
     return int(os.environ.get("RANK", -1)) in (-1, 0)
+
+
+def kill_armed(point: str, epoch: int | None = None, environ: dict[str, str] | None = None) -> bool:
+    """Whether `KILL_ENV` asks for a kill at `point` (at `epoch`, 1-based, when it names one)."""
+    armed = (os.environ if environ is None else environ).get(KILL_ENV, "")
+    if not armed:
+        return False
+    name, _, at_epoch = armed.partition(":")
+    if name not in KILL_POINTS:
+        raise ConfigError(
+            f"{KILL_ENV}={armed!r}: unknown point {name!r}; use one of {', '.join(KILL_POINTS)}"
+        )
+    return name == point and (not at_epoch or epoch == int(at_epoch))
+
+
+def kill_if_armed(point: str, epoch: int | None = None) -> None:
+    if is_main_rank() and kill_armed(point, epoch):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_at_setup(trainer: Any) -> None:
+    kill_if_armed("setup")
+
+
+def kill_mid_epoch(trainer: Any) -> None:
+    kill_if_armed("mid_epoch", trainer.epoch + 1)
+
+
+def kill_at_final_validation(validator: Any) -> None:
+    if not validator.training:  # the per-epoch validation runs with the trainer; the final one without
+        kill_if_armed("final_validation")
 
 
 def logged_steps(run_id: str, tracking_uri: str | None = None, key: str = "metrics/mAP50-95_B_") -> set[int]:

@@ -26,6 +26,11 @@ from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.rules import DatasetFacts, Plan, batch_rule, load_facts, resolve_plan
 
 STATE_FILE = "pipeline_state.json"
+LAST_WEIGHTS = "weights/last.pt"
+BEST_WEIGHTS = "weights/best.pt"
+RESULTS_CSV = "results.csv"
+# What a rerun does with an unfinished attempt of the same training (see `next_step`).
+RESTART, RESUME, FINALISE = "restart", "resume", "finalise"
 NAN_HELP = (
     "training diverged (loss NaN/Inf). The guide's checklist (section 11.1): lower lr0 "
     "(e.g. train.lr0=0.005), keep warmup (train.warmup_epochs=5 or more), use AdamW, check the labels "
@@ -118,22 +123,73 @@ def state_path(save_dir: Path) -> Path:
     return save_dir.parent / f"{save_dir.name}.{STATE_FILE}"
 
 
-def unfinished_attempt(save_dir: Path, identity: str) -> tuple[str | None, bool]:
-    """(MLflow run id to continue, whether last.pt can be resumed) of an unfinished identical run."""
+def unfinished_attempt(save_dir: Path, identity: str) -> tuple[str | None, str]:
+    """(MLflow run id to continue, `next_step`) of an unfinished identical run; (None, RESTART) else."""
     path = state_path(save_dir)
     state = read_json(path) if path.exists() else None
     if state and state["identity"] == identity and not state["finished"]:
-        return state["run_id"], (save_dir / "weights/last.pt").exists()
-    return None, False
+        return state["run_id"], next_step(save_dir / LAST_WEIGHTS)
+    return None, RESTART
 
 
-def previous_attempt(save_dir: Path, identity: str) -> tuple[str | None, bool]:
-    """`unfinished_attempt`, clearing the run directory of anything that will not be resumed
-    (another config's run, a finished run being redone, a kill before the first checkpoint)."""
-    run_id, resume = unfinished_attempt(save_dir, identity)
-    if not resume:
+def next_step(last: Path) -> str:
+    """RESUME from a checkpoint Ultralytics can continue; FINALISE when last.pt was already stripped of
+    its optimizer (training had ended; a kill came during stripping or the final validation, and
+    Ultralytics would start a new training with its own defaults); RESTART without a usable one."""
+    if not last.exists():
+        return RESTART
+    checkpoint = load_checkpoint(last)
+    if checkpoint is None:
+        print(f"{last} cannot be read (a kill while it was written): training restarts", flush=True)
+        return RESTART
+    if checkpoint.get("optimizer") is None or checkpoint.get("epoch", -1) < 0:
+        print(f"{last} holds no optimizer state: training had finished; finalising it", flush=True)
+        return FINALISE
+    return RESUME
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """An Ultralytics checkpoint as a dict; None when the file is torn."""
+    from pipeline.core.yolo import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.utils.patches import torch_load
+
+    try:
+        return torch_load(path, map_location="cpu")
+    except (OSError, EOFError, RuntimeError, ValueError) as exc:  # what torch raises for a torn zip/pickle
+        print(f"{path}: {exc}", flush=True)
+        return None
+
+
+def checkpoint_epochs(last: Path) -> int:
+    """Epochs a resumable last.pt completed (Ultralytics counts from 0)."""
+    return int(load_checkpoint(last)["epoch"]) + 1
+
+
+def previous_attempt(save_dir: Path, identity: str) -> tuple[str | None, str]:
+    """`unfinished_attempt`, clearing the run directory of anything that will not be continued
+    (another config's run, a finished run being redone, a kill before the first checkpoint), and
+    dropping results rows of epochs whose checkpoint was never written (a kill between the two):
+    Ultralytics appends to results.csv on resume, which would list such an epoch twice."""
+    run_id, step = unfinished_attempt(save_dir, identity)
+    if step == RESTART:
         shutil.rmtree(save_dir, ignore_errors=True)
-    return run_id, resume
+    if step == RESUME:
+        truncate_results(save_dir / RESULTS_CSV, checkpoint_epochs(save_dir / LAST_WEIGHTS))
+    return run_id, step
+
+
+def truncate_results(results_csv: Path, epochs: int) -> None:
+    """Keep results.csv's header and the rows of epochs 1..`epochs`."""
+    if not results_csv.exists():
+        return
+    header, *rows = results_csv.read_text().splitlines(keepends=True)
+    kept = [row for row in rows if row.strip() and float(row.split(",")[0]) <= epochs]
+    if len(kept) < len(rows):
+        dropped = len(rows) - len(kept)
+        print(f"{results_csv}: dropped {dropped} row(s) after epoch {epochs}, the checkpoint's", flush=True)
+        write_text(results_csv, header + "".join(kept))
 
 
 def lineage_tags(cfg: PipelineConfig, identity: str, dataset_hash: str) -> dict[str, str]:
@@ -169,38 +225,41 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     report_dir, save_dir = Path(cfg.paths.train_report), Path(cfg.paths.train)
     identity = training_identity(cfg, dataset_hash)
     if not is_main_rank():  # another rank under torchrun: train only; rank 0 tracks and reports
-        _, resume = unfinished_attempt(save_dir, identity)
-        weights = fit(cfg, plan, save_dir, callbacks, resume=resume)
-        return TrainResult("", resume, weights, 0, {})
+        _, step = unfinished_attempt(save_dir, identity)
+        weights = fit(cfg, plan, save_dir, callbacks, step=step)
+        return TrainResult("", step != RESTART, weights, 0, {})
 
     print(plan.table(), flush=True)
     write_json(report_dir / "plan.json", plan.as_dict())
-    previous_run_id, resume = previous_attempt(save_dir, identity)
+    previous_run_id, step = previous_attempt(save_dir, identity)
     mlflow = tracking.configure(cfg)
     run_name = os.environ.get("DVC_EXP_NAME") or f"{cfg.model.name}-{cfg.sensor.name}-{cfg.data.name}"
     with mlflow.start_run(run_id=previous_run_id, run_name=None if previous_run_id else run_name) as active:
         run_id = active.info.run_id
         write_json(state_path(save_dir), {"identity": identity, "run_id": run_id, "finished": False})
         if previous_run_id is None:
-            mlflow.log_params(to_flat_dict(cfg))
-            mlflow.set_tags(lineage_tags(cfg, identity, dataset_hash))
+            mlflow.log_params(tracking.scrubbed(to_flat_dict(cfg)))
+            mlflow.set_tags(tracking.scrubbed(lineage_tags(cfg, identity, dataset_hash)))
             mlflow.log_dict(plan.as_dict(), "plan.json")
         logger = EpochLogger(
             run_id, tracking.tracking_uri(cfg), logged_steps(run_id, tracking.tracking_uri(cfg))
         )
-        logger.backfill(epoch_rows(save_dir / "results.csv"))  # epochs a kill left unlogged
-        weights = fit(cfg, plan, save_dir, [logger, *callbacks], resume=resume)
-        rows = epoch_rows(save_dir / "results.csv")
+        # Epochs a kill left unlogged. The logger runs after Ultralytics saved the epoch's checkpoint, and
+        # rows without one were dropped above, so no step is ever logged with values training discarded.
+        logger.backfill(epoch_rows(save_dir / RESULTS_CSV))
+        weights = fit(cfg, plan, save_dir, [logger, *callbacks], step=step)
+        rows = epoch_rows(save_dir / RESULTS_CSV)
         metrics = final_metrics(rows)
         tracking.log_metrics(metrics, prefix="final/")
         log_artifacts(mlflow, save_dir)
     write_json(state_path(save_dir), {"identity": identity, "run_id": run_id, "finished": True})
     write_outputs(report_dir, run_id, metrics, rows, save_dir)
-    return TrainResult(run_id, resume, weights, len(rows), metrics)
+    return TrainResult(run_id, step != RESTART, weights, len(rows), metrics)
 
 
-def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any], resume: bool) -> Path:
-    """Run Ultralytics (resuming from last.pt when asked); translate its failures into advice."""
+def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any], step: str) -> Path:
+    """Run Ultralytics (resuming from last.pt, or only finalising it, per `step`); translate its
+    failures into advice."""
     from pipeline.core.yolo import import_ultralytics
 
     YOLO = import_ultralytics().YOLO  # configures Ultralytics before anything imports it
@@ -209,11 +268,13 @@ def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any
     from pipeline.train.trainer import PipelineTrainer
 
     data_yaml = Path(cfg.paths.prepared) / "data.yaml"
+    if step == FINALISE:
+        return finalise_weights(save_dir)
     try:
-        if resume:
-            print(f"resuming from {save_dir / 'weights/last.pt'}", flush=True)
-            model = with_callbacks(YOLO(str(save_dir / "weights/last.pt")), callbacks)
-            model.train(resume=True, trainer=PipelineTrainer)
+        if step == RESUME:
+            print(f"resuming from {save_dir / LAST_WEIGHTS}", flush=True)
+            model = with_callbacks(YOLO(str(save_dir / LAST_WEIGHTS)), callbacks)
+            model.train(resume=True, data=str(data_yaml), trainer=PipelineTrainer)
         else:
             model = with_callbacks(YOLO(cfg.model.architecture), callbacks)
             model.train(trainer=PipelineTrainer, **train_arguments(cfg, plan, data_yaml, save_dir))
@@ -223,7 +284,21 @@ def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any
         if "NaN" in str(exc):
             raise PipelineError(NAN_HELP) from exc
         raise
-    return save_dir / "weights/best.pt"
+    return save_dir / BEST_WEIGHTS
+
+
+def finalise_weights(save_dir: Path) -> Path:
+    """Finish what Ultralytics' final step was doing when killed: strip the optimizer from each
+    checkpoint still holding one. The final validation is not redone: the reports come from
+    results.csv, and the evaluate stage validates best.pt."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    for name in (LAST_WEIGHTS, BEST_WEIGHTS):
+        checkpoint = load_checkpoint(save_dir / name) if (save_dir / name).exists() else None
+        if checkpoint is not None and checkpoint.get("optimizer") is not None:
+            strip_optimizer(save_dir / name)
+    best = save_dir / BEST_WEIGHTS
+    return best if best.exists() else save_dir / LAST_WEIGHTS
 
 
 def with_callbacks(model, callbacks: Sequence[Any]):
@@ -244,7 +319,7 @@ def final_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def log_artifacts(mlflow, save_dir: Path) -> None:
-    for name in ("weights/best.pt", "results.csv", "args.yaml"):
+    for name in (BEST_WEIGHTS, RESULTS_CSV, "args.yaml"):
         if (save_dir / name).exists():
             mlflow.log_artifact(str(save_dir / name), artifact_path=str(Path("train") / Path(name).parent))
     for plot in sorted(save_dir.glob("*.png")) + sorted(save_dir.glob("*.jpg")):
@@ -255,7 +330,7 @@ def write_outputs(
     report_dir: Path, run_id: str, metrics: dict[str, float], rows: list[dict[str, float]], save_dir: Path
 ) -> None:
     write_json(report_dir / "metrics.json", metrics)
-    csv_text = (save_dir / "results.csv").read_text() if rows else "epoch\n"
+    csv_text = (save_dir / RESULTS_CSV).read_text() if rows else "epoch\n"
     write_text(
         report_dir / "epochs.csv", "\n".join(line.replace(" ", "") for line in csv_text.splitlines()) + "\n"
     )
