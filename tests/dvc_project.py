@@ -61,8 +61,13 @@ def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def merge_into(path: Path, extra: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(merged(yaml.safe_load(path.read_text()), extra), sort_keys=False))
+
+
 def make_project(root: Path, config: dict[str, Any]) -> Path:
-    """The project under `root` with `config` merged into conf/config.yaml, composed and committed."""
+    """The project under `root` with `config` merged into conf/ (its `data` into the synthetic entries),
+    composed and committed."""
     skip = shutil.ignore_patterns("tmp", "cache", "__pycache__")
     for name in COPIED_DIRS:
         if (PROJECT_ROOT / name).exists():
@@ -70,8 +75,11 @@ def make_project(root: Path, config: dict[str, Any]) -> Path:
     for name in COPIED_FILES:
         if (PROJECT_ROOT / name).exists():
             shutil.copy(PROJECT_ROOT / name, root / name)
-    path = root / "conf/config.yaml"
-    path.write_text(yaml.safe_dump(merged(yaml.safe_load(path.read_text()), config), sort_keys=False))
+    config = dict(config)
+    if "data" in config:  # a data section in config.yaml would reach every data entry, not only these
+        for entry in (root / "conf/data").glob("synthetic_*.yaml"):
+            merge_into(entry, config["data"])
+    merge_into(root / "conf/config.yaml", {k: v for k, v in config.items() if k != "data"})
     command(root, "git", "init", "-q")
     compose_and_commit(root, "tiny project")
     return root

@@ -19,7 +19,6 @@ test split would leak it into the choice, so it is never the objective.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import sys
 from dataclasses import dataclass, replace
@@ -29,9 +28,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.__main__ import COMMANDS
 from pipeline.core.compose import CONF_DIR
 from pipeline.core.config import PipelineConfig, validate
-from pipeline.core.errors import ConfigError, MissingDependencyError, PipelineError
+from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -121,14 +121,8 @@ def ensure_prepared(cfg: PipelineConfig, params: Path) -> None:
 
 def run_stage(name: str, params: Path) -> None:
     """A pipeline stage through its own entry point, exactly as `python -m pipeline <name>`."""
-    module_name = f"pipeline.{name}"
-    if importlib.util.find_spec(module_name) is None:
-        if name == "analyze":  # train works without the dataset facts, with less derived defaults
-            log.warning("pipeline.data.analyze is not available: training without dataset recommendations")
-            return
-        raise MissingDependencyError(f"{module_name} is not available: run `dvc repro {name}` first")
     log.info("running %s once for the sweep (params %s)", name, params)
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(COMMANDS[name][0])
     code = module.main(["--params", str(params)], prog=f"python -m pipeline {name}", command=name)
     if code:
         raise PipelineError(
