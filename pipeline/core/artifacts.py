@@ -85,29 +85,12 @@ class Artifacts:
 
     # train
     @property
-    def train_dir(self) -> Path:
-        return Path(self.paths.train)
-
-    @property
-    def last_weights(self) -> Path:
-        return self.train_dir / "weights" / "last.pt"
+    def train(self) -> TrainRun:
+        return TrainRun(Path(self.paths.train))
 
     @property
     def best_weights(self) -> Path:
-        return self.train_dir / "weights" / "best.pt"
-
-    @property
-    def results_csv(self) -> Path:
-        return self.train_dir / "results.csv"
-
-    @property
-    def train_args(self) -> Path:
-        return self.train_dir / "args.yaml"
-
-    @property
-    def train_state(self) -> Path:
-        """Resume bookkeeping beside the run folder (git-ignored, never a DVC output)."""
-        return self.train_dir.with_name(self.train_dir.name + ".pipeline_state.json")
+        return self.train.best_weights
 
     @property
     def train_report(self) -> Path:
@@ -202,6 +185,35 @@ class Artifacts:
     @property
     def tensorrt_benchmark(self) -> BenchmarkFiles:
         return BenchmarkFiles(self.tensorrt_reports)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Ultralytics' run folder (`paths.train`, or a sweep trial's own) and the project's state beside it."""
+
+    folder: Path
+
+    @property
+    def last_weights(self) -> Path:
+        return self.folder / "weights" / "last.pt"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.folder / "weights" / "best.pt"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.folder / "results.csv"
+
+    @property
+    def args(self) -> Path:
+        return self.folder / "args.yaml"
+
+    @property
+    def state(self) -> Path:
+        """Resume bookkeeping beside the run folder, not in it: Ultralytics' DDP launch empties the
+        run folder (git-ignored, never a DVC output)."""
+        return self.folder.with_name(self.folder.name + ".pipeline_state.json")
 
 
 @dataclass(frozen=True)

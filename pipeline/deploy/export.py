@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifacts import Artifacts, metadata_path
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
@@ -50,11 +51,11 @@ class ExportResult:
 
 
 def weights_path(cfg: PipelineConfig) -> Path:
-    return Path(cfg.paths.train) / "weights" / "best.pt"
+    return Artifacts.of(cfg).best_weights
 
 
 def models_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.paths.export) / "models"
+    return Artifacts.of(cfg).models
 
 
 def export_arguments(cfg: PipelineConfig, fmt: str, info: ModelInfo) -> dict[str, Any]:
@@ -77,10 +78,6 @@ def export_arguments(cfg: PipelineConfig, fmt: str, info: ModelInfo) -> dict[str
 def tolerance(cfg: PipelineConfig) -> Tolerance:
     diff, drop = cfg.export.max_abs_diff, cfg.export.max_map_drop
     return Tolerance(diff, drop, source=f"export.max_abs_diff={diff}, export.max_map_drop={drop}")
-
-
-def metadata_path(model: Path) -> Path:
-    return model.with_name(f"{model.name}.json")
 
 
 def metadata(cfg: PipelineConfig, fmt: str, model: Path, info: ModelInfo, parity: Parity) -> dict[str, Any]:
@@ -224,7 +221,7 @@ def main(argv: list[str], prog: str = "export", command: str = "export") -> int:
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
     result = run(cfg)
-    report = write_json(Path(cfg.paths.export) / "parity.json", parity_report(result))
+    report = write_json(Artifacts.of(cfg).parity, parity_report(result))
     log_to_mlflow(cfg, result, report)
     if result.failures:
         raise ParityError(failure_message(result.failures, report))

@@ -262,7 +262,7 @@ def validate(cfg: PipelineConfig, weights: Path, split: str, info: ModelInfo, sa
 
 def run(cfg: PipelineConfig) -> Evaluation:
     """Evaluate best.pt; the plots go to {paths.evaluation}/plots (the validator draws them as files)."""
-    weights = require_weights(Path(cfg.paths.train) / "weights" / "best.pt")
+    weights = require_weights(Artifacts.of(cfg).best_weights)
     info = read_model_info(weights)
     split, note = resolve_split(Path(cfg.paths.prepared), cfg.evaluate.split)
     samples = read_split(Path(cfg.paths.prepared), split)

@@ -29,6 +29,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.__main__ import COMMANDS
+from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import CONF_DIR
 from pipeline.core.config import PipelineConfig, validate
 from pipeline.core.errors import ConfigError, PipelineError
@@ -192,9 +193,8 @@ class RunNesting:
     def nest(self, save_dir: Path) -> str | None:
         from hydra_plugins.optuna_sweeper import job
         from pipeline.core.io import read_json
-        from pipeline.train.stage import state_path
 
-        path = state_path(save_dir)
+        path = TrainRun(save_dir).state
         if not path.exists():
             return None
         run_id = read_json(path)["run_id"]

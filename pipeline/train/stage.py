@@ -19,16 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifacts import Artifacts, TrainRun
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import MissingDependencyError, PipelineError
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.rules import DatasetFacts, Plan, batch_rule, load_facts, resolve_plan
 
-STATE_FILE = "pipeline_state.json"
-LAST_WEIGHTS = "weights/last.pt"
-BEST_WEIGHTS = "weights/best.pt"
-RESULTS_CSV = "results.csv"
 # What a rerun does with an unfinished attempt of the same training (see `next_step`).
 RESTART, RESUME, FINALISE = "restart", "resume", "finalise"
 NAN_HELP = (
@@ -107,28 +104,23 @@ def oom_advice(cfg: PipelineConfig, plan: Plan) -> str:
 
 
 def read_dataset_hash(cfg: PipelineConfig) -> str:
-    manifest = Path(cfg.paths.prepared) / "manifest.json"
+    manifest = Artifacts.of(cfg).manifest
     if not manifest.exists():
         raise MissingDependencyError(f"{manifest} not found: run the prepare stage first (dvc repro prepare)")
     return read_json(manifest)["dataset_hash"]
 
 
 def read_facts(cfg: PipelineConfig) -> DatasetFacts | None:
-    path = Path(cfg.paths.analysis) / "recommendations.json"
+    path = Artifacts.of(cfg).recommendations
     return load_facts(path) if path.exists() else None
-
-
-def state_path(save_dir: Path) -> Path:
-    """Beside the run directory, not in it: Ultralytics' DDP launch empties the run directory."""
-    return save_dir.parent / f"{save_dir.name}.{STATE_FILE}"
 
 
 def unfinished_attempt(save_dir: Path, identity: str) -> tuple[str | None, str]:
     """(MLflow run id to continue, `next_step`) of an unfinished identical run; (None, RESTART) else."""
-    path = state_path(save_dir)
+    path = TrainRun(save_dir).state
     state = read_json(path) if path.exists() else None
     if state and state["identity"] == identity and not state["finished"]:
-        return state["run_id"], next_step(save_dir / LAST_WEIGHTS)
+        return state["run_id"], next_step(TrainRun(save_dir).last_weights)
     return None, RESTART
 
 
@@ -176,7 +168,7 @@ def previous_attempt(save_dir: Path, identity: str) -> tuple[str | None, str]:
     if step == RESTART:
         shutil.rmtree(save_dir, ignore_errors=True)
     if step == RESUME:
-        truncate_results(save_dir / RESULTS_CSV, checkpoint_epochs(save_dir / LAST_WEIGHTS))
+        truncate_results(TrainRun(save_dir).results_csv, checkpoint_epochs(TrainRun(save_dir).last_weights))
     return run_id, step
 
 
@@ -222,7 +214,8 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     dataset_hash = read_dataset_hash(cfg)
     plan = resolve_plan(cfg, read_facts(cfg))
-    report_dir, save_dir = Path(cfg.paths.train_report), Path(cfg.paths.train)
+    files = Artifacts.of(cfg)
+    save_dir = files.train.folder
     identity = training_identity(cfg, dataset_hash)
     if not is_main_rank():  # another rank under torchrun: train only; rank 0 tracks and reports
         _, step = unfinished_attempt(save_dir, identity)
@@ -230,13 +223,13 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         return TrainResult("", step != RESTART, weights, 0, {})
 
     print(plan.table(), flush=True)
-    write_json(report_dir / "plan.json", plan.as_dict())
+    write_json(files.plan, plan.as_dict())
     previous_run_id, step = previous_attempt(save_dir, identity)
     mlflow = tracking.configure(cfg)
     run_name = os.environ.get("DVC_EXP_NAME") or f"{cfg.model.name}-{cfg.sensor.name}-{cfg.data.name}"
     with mlflow.start_run(run_id=previous_run_id, run_name=None if previous_run_id else run_name) as active:
         run_id = active.info.run_id
-        write_json(state_path(save_dir), {"identity": identity, "run_id": run_id, "finished": False})
+        write_json(TrainRun(save_dir).state, {"identity": identity, "run_id": run_id, "finished": False})
         if previous_run_id is None:
             mlflow.log_params(tracking.scrubbed(to_flat_dict(cfg)))
             mlflow.set_tags(tracking.scrubbed(lineage_tags(cfg, identity, dataset_hash)))
@@ -246,14 +239,14 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         )
         # Epochs a kill left unlogged. The logger runs after Ultralytics saved the epoch's checkpoint, and
         # rows without one were dropped above, so no step is ever logged with values training discarded.
-        logger.backfill(epoch_rows(save_dir / RESULTS_CSV))
+        logger.backfill(epoch_rows(TrainRun(save_dir).results_csv))
         weights = fit(cfg, plan, save_dir, [logger, *callbacks], step=step)
-        rows = epoch_rows(save_dir / RESULTS_CSV)
+        rows = epoch_rows(TrainRun(save_dir).results_csv)
         metrics = final_metrics(rows)
         tracking.log_metrics(metrics, prefix="final/")
-        log_artifacts(mlflow, save_dir)
-    write_json(state_path(save_dir), {"identity": identity, "run_id": run_id, "finished": True})
-    write_outputs(report_dir, run_id, metrics, rows, save_dir)
+        log_artifacts(mlflow, files.train)
+    write_json(TrainRun(save_dir).state, {"identity": identity, "run_id": run_id, "finished": True})
+    write_outputs(files, run_id, metrics, rows)
     return TrainResult(run_id, step != RESTART, weights, len(rows), metrics)
 
 
@@ -267,13 +260,13 @@ def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any
 
     from pipeline.train.trainer import PipelineTrainer
 
-    data_yaml = Path(cfg.paths.prepared) / "data.yaml"
+    data_yaml = Artifacts.of(cfg).data_yaml
     if step == FINALISE:
         return finalise_weights(save_dir)
     try:
         if step == RESUME:
-            print(f"resuming from {save_dir / LAST_WEIGHTS}", flush=True)
-            model = with_callbacks(YOLO(str(save_dir / LAST_WEIGHTS)), callbacks)
+            print(f"resuming from {TrainRun(save_dir).last_weights}", flush=True)
+            model = with_callbacks(YOLO(str(TrainRun(save_dir).last_weights)), callbacks)
             model.train(resume=True, data=str(data_yaml), trainer=PipelineTrainer)
         else:
             model = with_callbacks(YOLO(cfg.model.architecture), callbacks)
@@ -284,7 +277,7 @@ def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any
         if "NaN" in str(exc):
             raise PipelineError(NAN_HELP) from exc
         raise
-    return save_dir / BEST_WEIGHTS
+    return TrainRun(save_dir).best_weights
 
 
 def finalise_weights(save_dir: Path) -> Path:
@@ -293,12 +286,12 @@ def finalise_weights(save_dir: Path) -> Path:
     results.csv, and the evaluate stage validates best.pt."""
     from ultralytics.utils.torch_utils import strip_optimizer
 
-    for name in (LAST_WEIGHTS, BEST_WEIGHTS):
-        checkpoint = load_checkpoint(save_dir / name) if (save_dir / name).exists() else None
+    for path in (TrainRun(save_dir).last_weights, TrainRun(save_dir).best_weights):
+        checkpoint = load_checkpoint(path) if path.exists() else None
         if checkpoint is not None and checkpoint.get("optimizer") is not None:
-            strip_optimizer(save_dir / name)
-    best = save_dir / BEST_WEIGHTS
-    return best if best.exists() else save_dir / LAST_WEIGHTS
+            strip_optimizer(path)
+    best = TrainRun(save_dir).best_weights
+    return best if best.exists() else TrainRun(save_dir).last_weights
 
 
 def with_callbacks(model, callbacks: Sequence[Any]):
@@ -318,23 +311,23 @@ def final_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {**metrics, "best_epoch": int(best["epoch"]), "epochs": len(rows)}
 
 
-def log_artifacts(mlflow, save_dir: Path) -> None:
-    for name in (BEST_WEIGHTS, RESULTS_CSV, "args.yaml"):
-        if (save_dir / name).exists():
-            mlflow.log_artifact(str(save_dir / name), artifact_path=str(Path("train") / Path(name).parent))
-    for plot in sorted(save_dir.glob("*.png")) + sorted(save_dir.glob("*.jpg")):
+def log_artifacts(mlflow, run: TrainRun) -> None:
+    for path in (run.best_weights, run.results_csv, run.args):
+        if path.exists():
+            mlflow.log_artifact(
+                str(path), artifact_path=str(Path("train") / path.parent.relative_to(run.folder))
+            )
+    for plot in sorted(run.folder.glob("*.png")) + sorted(run.folder.glob("*.jpg")):
         mlflow.log_artifact(str(plot), artifact_path="train/plots")
 
 
 def write_outputs(
-    report_dir: Path, run_id: str, metrics: dict[str, float], rows: list[dict[str, float]], save_dir: Path
+    files: Artifacts, run_id: str, metrics: dict[str, float], rows: list[dict[str, float]]
 ) -> None:
-    write_json(report_dir / "metrics.json", metrics)
-    csv_text = (save_dir / RESULTS_CSV).read_text() if rows else "epoch\n"
-    write_text(
-        report_dir / "epochs.csv", "\n".join(line.replace(" ", "") for line in csv_text.splitlines()) + "\n"
-    )
-    write_json(report_dir / "run.json", {"run_id": run_id})
+    write_json(files.train_metrics, metrics)
+    csv_text = files.train.results_csv.read_text() if rows else "epoch\n"
+    write_text(files.epochs_csv, "\n".join(line.replace(" ", "") for line in csv_text.splitlines()) + "\n")
+    write_json(files.run_file, {"run_id": run_id})
 
 
 def main(argv: list[str], prog: str = "train", command: str = "train") -> int:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import compose_config, write_params
 from pipeline.core.io import read_json
 from pipeline.data.prepare import run as prepare
@@ -61,7 +62,7 @@ def killed_then_rerun(dataset: Path, tmp_path: Path, kill_at: str, inspect=None)
     cfg = compose_config(overrides)
     killed = train_process(command, kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run_id = read_json(train.state_path(Path(cfg.paths.train)))["run_id"]
+    run_id = read_json(TrainRun(Path(cfg.paths.train)).state)["run_id"]
     if inspect:
         inspect(cfg)
     rerun = train_process(command)
@@ -74,7 +75,7 @@ def assert_contract(cfg, run_id: str, rerun: subprocess.CompletedProcess) -> Non
     assert read_json(report / "run.json")["run_id"] == run_id
     client = MlflowClient(cfg.track.tracking_uri)
     assert client.get_run(run_id).info.status == "FINISHED"
-    rows = train.epoch_rows(save_dir / train.RESULTS_CSV)
+    rows = train.epoch_rows(TrainRun(save_dir).results_csv)
     assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
     assert read_json(report / "metrics.json")["epochs"] == EPOCHS
     for key, column in ((MAP_KEY, "metrics/mAP50-95(B)"), (LOSS_KEY, "train/box_loss")):
@@ -86,7 +87,7 @@ def assert_contract(cfg, run_id: str, rerun: subprocess.CompletedProcess) -> Non
     assert trained_on == str(Path(cfg.paths.prepared) / "data.yaml")
     output = rerun.stdout + rerun.stderr
     assert not [word for word in ULTRALYTICS_FALLBACKS if word in output], output[-3000:]
-    assert (save_dir / train.BEST_WEIGHTS).exists()
+    assert (TrainRun(save_dir).best_weights).exists()
 
 
 def resumable(path: Path) -> bool:
@@ -96,7 +97,7 @@ def resumable(path: Path) -> bool:
 
 def test_kill_during_setup_restarts_into_the_same_run(dataset, tmp_path):
     def nothing_trained(cfg):
-        assert not (Path(cfg.paths.train) / train.LAST_WEIGHTS).exists()
+        assert not (TrainRun(Path(cfg.paths.train)).last_weights).exists()
 
     assert_contract(*killed_then_rerun(dataset, tmp_path, "setup", nothing_trained))
 
@@ -110,8 +111,8 @@ def test_kill_mid_epoch_resumes_from_the_last_checkpoint(dataset, tmp_path):
 def test_kill_between_results_row_and_checkpoint_drops_the_orphan_row(dataset, tmp_path):
     def row_without_checkpoint(cfg):
         save_dir = Path(cfg.paths.train)
-        assert len(train.epoch_rows(save_dir / train.RESULTS_CSV)) == 2
-        assert train.checkpoint_epochs(save_dir / train.LAST_WEIGHTS) == 1
+        assert len(train.epoch_rows(TrainRun(save_dir).results_csv)) == 2
+        assert train.checkpoint_epochs(TrainRun(save_dir).last_weights) == 1
 
     cfg, run_id, rerun = killed_then_rerun(dataset, tmp_path, "after_results_row:2", row_without_checkpoint)
     assert "dropped 1 row(s) after epoch 1" in rerun.stdout
@@ -121,12 +122,12 @@ def test_kill_between_results_row_and_checkpoint_drops_the_orphan_row(dataset, t
 def test_kill_during_optimizer_stripping_finalises_without_retraining(dataset, tmp_path):
     def last_stripped_best_not(cfg):
         save_dir = Path(cfg.paths.train)
-        assert not resumable(save_dir / train.LAST_WEIGHTS)
-        assert resumable(save_dir / train.BEST_WEIGHTS)
+        assert not resumable(TrainRun(save_dir).last_weights)
+        assert resumable(TrainRun(save_dir).best_weights)
 
     cfg, run_id, rerun = killed_then_rerun(dataset, tmp_path, "optimizer_strip", last_stripped_best_not)
     assert "training had finished; finalising it" in rerun.stdout
-    assert not resumable(Path(cfg.paths.train) / train.BEST_WEIGHTS)
+    assert not resumable(TrainRun(Path(cfg.paths.train)).best_weights)
     assert_contract(cfg, run_id, rerun)
 
 

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import compose_config, write_params
 from pipeline.core.io import read_json
 from pipeline.data.prepare import run as prepare
@@ -89,7 +90,7 @@ def test_sigkill_then_rerun_resumes_into_the_same_run(tmp_path):
     wait_for_first_epoch(Path(cfg.paths.train), first)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    killed_run = read_json(train.state_path(Path(cfg.paths.train)))["run_id"]
+    killed_run = read_json(TrainRun(Path(cfg.paths.train)).state)["run_id"]
 
     second = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
