@@ -397,6 +397,12 @@ class EvaluateConfig:
     localisation_ratio: float = 0.5  # warn when mAP50-95 < this x mAP50 (boxes found but fitted loosely)
     weak_class_ratio: float = 0.5  # warn for a class whose AP50-95 < this x the mean over classes
     swap_fraction: float = 0.1  # warn for two classes mistaken for each other in this share of their objects
+    # metrics per slice (pipeline/evaluate/slices.py): named groups of a regex on the file stem, and/or
+    # a CSV of per-image attributes (column `image`); a slice below slice_ratio x its siblings warns
+    slices: str | None = r"_(?P<light>day|night)_"
+    slices_csv: str | None = None
+    slice_ratio: float = 0.5
+    slice_min_instances: int = 10
 
     def __post_init__(self) -> None:
         _require(self.split in ("test", "val"), "evaluate.split", self.split, "use test or val")
@@ -405,7 +411,17 @@ class EvaluateConfig:
         _require(self.batch >= 1, "evaluate.batch", self.batch, "a batch of at least 1")
         target = self.target_precision
         _require(target is None or 0 < target <= 1, "evaluate.target_precision", target, "null or (0, 1]")
-        for key in ("localisation_ratio", "weak_class_ratio", "swap_fraction"):
+        _require(
+            self.slice_min_instances >= 0, "evaluate.slice_min_instances", self.slice_min_instances, ">= 0"
+        )
+        if self.slices is not None:
+            try:
+                _require(
+                    bool(re.compile(self.slices).groupindex), "evaluate.slices", self.slices, "named groups"
+                )
+            except re.error as exc:
+                _require(False, "evaluate.slices", self.slices, f"a valid regex ({exc})")
+        for key in ("localisation_ratio", "weak_class_ratio", "swap_fraction", "slice_ratio"):
             value = getattr(self, key)
             _require(0 <= value <= 1, f"evaluate.{key}", value, "a fraction in [0, 1]")
 
