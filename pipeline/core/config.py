@@ -320,6 +320,8 @@ class PathsConfig:
     evaluation: str = "reports/evaluate"
     export: str = "models/export"
     benchmark: str = "reports/benchmark"
+    select: str = "reports/select"  # python -m pipeline select
+    scaling: str = "reports/scaling"  # python -m pipeline scaling
 
 
 AUGMENTATION_KEYS = (
@@ -535,6 +537,31 @@ class RetrainConfig:
 
 
 @dataclass
+class SelectConfig:
+    """`python -m pipeline select`: which unlabelled frames to label next (pipeline/ops/select.py)."""
+
+    conf: float = 0.25  # boxes kept for the pre-annotations and the flip-agreement check
+    image_prefix: str = ""  # prepended to each image's absolute path in Label Studio's data.image
+
+    def __post_init__(self) -> None:
+        _require(0 < self.conf < 1, "select.conf", self.conf, "a confidence in (0, 1)")
+
+
+@dataclass
+class ScalingConfig:
+    """`python -m pipeline scaling`: the data-scaling forecast (pipeline/ops/scaling.py)."""
+
+    fractions: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
+    target_map: float = 0.5  # mAP50-95 whose image count is forecast
+    seed: int = 0  # which nested subsets are drawn
+
+    def __post_init__(self) -> None:
+        for f in self.fractions:
+            _require(0 < f <= 1, "scaling.fractions", self.fractions, "fractions in (0, 1]")
+        _require(0 < self.target_map < 1, "scaling.target_map", self.target_map, "an mAP in (0, 1)")
+
+
+@dataclass
 class PipelineConfig:
     data: DataConfig = MISSING
     sensor: SensorConfig = MISSING
@@ -549,6 +576,8 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
 
 def validate(raw: DictConfig | dict, source: str = "config") -> PipelineConfig:
