@@ -56,7 +56,8 @@ class PowerLawFit:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        finite = {k: (v if v is None or math.isfinite(v) else None) for k, v in asdict(self).items()}
+        infinite = [k for k, v in asdict(self).items() if isinstance(v, float) and not math.isfinite(v)]
+        finite = asdict(self) | dict.fromkeys(infinite)  # JSON has no inf: "no forecast" is None
         return {**finite, "trustworthy": self.trustworthy}
 
 
