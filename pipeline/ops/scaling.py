@@ -13,6 +13,7 @@ above the fitted ceiling, or an interval wider than the prediction itself.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -267,7 +268,8 @@ def run(cfg: PipelineConfig, fractions: Sequence[float]) -> dict[str, Any]:
 
 
 def main(argv: list[str], prog: str = "scaling", command: str = "scaling") -> int:
-    parser = stage_parser(prog, __doc__.split("\n\n")[1])
+    parser = stage_parser(prog, __doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--fractions",
         type=float,

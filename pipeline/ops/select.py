@@ -280,7 +280,7 @@ def positive(text: str) -> int:
 
 
 def main(argv: list[str], prog: str = "select", command: str = "select") -> int:
-    parser = stage_parser(prog, __doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1])
+    parser = stage_parser(prog, __doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--pool", type=Path, required=True, help="folder of unlabelled images (searched recursively)"
