@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.evaluate import stage as evaluate
+from pipeline.evaluate.report import render
 from pipeline.evaluate.slices import (
     SliceMetrics,
     attributes_from_csv,
@@ -81,3 +83,21 @@ def test_slice_regressions_name_the_slice_that_dropped():
     assert slice_regressions(champion, few, max_drop=0.05, min_instances=10) == []
     as_json = [s.as_dict() for s in challenger]  # as metrics.json stores them
     assert slice_regressions([s.as_dict() for s in champion], as_json, 0.05, 10) == [reason]
+
+
+def test_evaluate_reports_the_synthetic_lighting_slices(project, tmp_path):
+    """The tiny project's val+test frames are sequence 2 (day); a CSV adds a second attribute."""
+    table = tmp_path / "attributes.csv"
+    names = sorted(p.name for p in (project.prepared / "images" / "test").glob("*.png"))
+    table.write_text(
+        "image,altitude\n" + "".join(f"{n},{'high' if i % 2 else 'low'}\n" for i, n in enumerate(names))
+    )
+    e = evaluate.run(project.config(tmp_path, f"evaluate.slices_csv={table}"))
+    assert [(s.key, s.images) for s in e.slices] == [
+        ("altitude=high", 2),
+        ("altitude=low", 2),
+        ("light=day", 4),
+    ]
+    assert sum(s.instances for s in e.slices if s.attribute == "altitude") == e.instances
+    assert evaluate.metrics_json(e)["slices"][2]["value"] == "day"
+    assert "## Per slice" in render(e, "m", "r", "1", "candidate")
