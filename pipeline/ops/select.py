@@ -1,8 +1,8 @@
 """`python -m pipeline select --pool DIR --budget N`: which unlabelled frames to label next.
 
 The trained model predicts on every frame of the pool, on the frame and on its mirror image, and
-each frame gets an uncertainty: the mean of (1 - its top confidence), (1 - the margin between the
-two best class scores of its top box) and the disagreement between the frame's and the mirror's
+each frame gets an uncertainty: the mean of (1 - its top confidence), (1 - the relative margin
+between the two best class scores of its top box) and the disagreement between the frame's and the mirror's
 boxes (test-time augmentation). Frames are then taken most uncertain first, with diversity: never
 two near-duplicates (perceptual hash within data.validation.near_duplicate_image_distance, the
 check prepare applies), and frames of one sequence (data.split.group_pattern) spread out: a
@@ -53,7 +53,7 @@ class Candidate:
     group: str  # the sequence it belongs to (data.split.group_pattern), else its own name
     phash: int  # 64-bit perceptual hash
     confidence: float  # the top detection's score; 0 without any
-    margin: float  # top-1 minus top-2 class score on the top box; its score when no other class fits it
+    margin: float  # (top-1 - top-2 class score) / top-1 on the top box: 1 when no other class claims it
     disagreement: float  # 1 - agreement of the boxes found in the frame and in its mirror image
 
     @property
@@ -79,14 +79,15 @@ class Candidate:
 
 
 def class_margin(found: Detections) -> float:
-    """Top score minus the best score of another class on (nearly) the same box (multi-label NMS
-    keeps one box per class); the top score itself when no other class claims that box."""
-    if len(found.scores) == 0:
-        return 0.0
+    """How far the top box's class is ahead of the best other class on (nearly) the same box
+    (multi-label NMS keeps one box per class), relative to its score, so that a frame with only
+    faint boxes counts as low confidence, not as torn; 1 without a rival or without any box."""
+    if len(found.scores) == 0 or found.scores.max() <= 0:
+        return 1.0
     top = int(np.argmax(found.scores))
     overlap = iou_matrix(found.boxes[top : top + 1], found.boxes)[0]
     rivals = found.scores[(overlap >= SAME_BOX_IOU) & (found.classes != found.classes[top])]
-    return float(found.scores[top] - (rivals.max() if len(rivals) else 0.0))
+    return float(1 - (rivals.max() if len(rivals) else 0.0) / found.scores[top])
 
 
 def mirrored_back(found: Detections, width: int) -> Detections:

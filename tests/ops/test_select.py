@@ -32,10 +32,10 @@ def found(boxes, scores, classes) -> Detections:
 
 def test_margin_is_between_two_classes_on_the_same_box():
     torn = found([[10, 10, 50, 50], [11, 10, 50, 51], [80, 80, 90, 90]], [0.6, 0.5, 0.55], [0, 1, 1])
-    assert class_margin(torn) == pytest.approx(0.1)
+    assert class_margin(torn) == pytest.approx(1 - 0.5 / 0.6)
     alone = found([[10, 10, 50, 50]], [0.9], [0])
-    assert class_margin(alone) == pytest.approx(0.9)
-    assert class_margin(found([], [], [])) == 0.0
+    assert class_margin(alone) == pytest.approx(1.0)
+    assert class_margin(found([], [], [])) == 1.0  # nothing found: low confidence, not a torn class
 
 
 def test_mirror_boxes_map_back_and_disagreement_counts_unmatched_boxes():
