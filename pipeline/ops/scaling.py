@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from pipeline.core import tracking
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import DataError
 from pipeline.core.io import read_json, write_json, write_text
-from pipeline.model.scoring import resolve_split, split_images
+from pipeline.evaluate.stage import class_metrics, validate
+from pipeline.model.info import read_model_info
+from pipeline.model.scoring import read_data_yaml, resolve_split, split_images
+from pipeline.train import stage as train_stage
 
 FORECAST_FILE = "forecast.json"
 REPORT_FILE = "report.md"
@@ -147,10 +152,6 @@ def nested_subsets(images: Sequence[Path], fractions: Sequence[float], seed: int
 def subset_config(cfg: PipelineConfig, fraction: float, images: list[Path]) -> PipelineConfig:
     """The same config with its own prepared view (data.yaml whose train is a list of the subset's
     images; the labels stay beside the originals) and its own train outputs."""
-    import yaml
-
-    from pipeline.model.scoring import read_data_yaml
-
     root = Path(cfg.paths.scaling) / SUBSETS_DIR / f"f{fraction:g}"
     prepared = Path(cfg.paths.prepared)
     data = read_data_yaml(prepared)
@@ -177,11 +178,6 @@ class Point:
 
 def train_and_measure(cfg: PipelineConfig, fraction: float, images: list[Path], parent_id: str) -> Point:
     from mlflow import MlflowClient
-
-    from pipeline.core import tracking
-    from pipeline.evaluate.stage import class_metrics, validate
-    from pipeline.model.info import read_model_info
-    from pipeline.train import stage as train_stage
 
     sub = subset_config(cfg, fraction, images)
     result = train_stage.run(sub)
@@ -241,8 +237,6 @@ def report(points: Sequence[Point], fitted: dict[str, PowerLawFit]) -> str:
 
 
 def run(cfg: PipelineConfig, fractions: Sequence[float]) -> dict[str, Any]:
-    from pipeline.core import tracking
-
     train_images = split_images(Path(cfg.paths.prepared), "train")
     if not train_images:
         raise DataError(f"{Path(cfg.paths.prepared) / 'data.yaml'}: no training images: run prepare first")
