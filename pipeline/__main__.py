@@ -19,6 +19,8 @@ COMMANDS = {
     "benchmark": ("pipeline.deploy.benchmark", "stage 6: latency, throughput and accuracy per format"),
     "launch": ("pipeline.train.launch", "print (or run) the torchrun command for multi-node training"),
     "deploy": ("pipeline.deploy.device", "on the target device: build and check a TensorRT engine"),
+    "select": ("pipeline.ops.select", "pick unlabelled frames to label next, with pre-annotations"),
+    "scaling": ("pipeline.ops.scaling", "train on nested subsets; forecast images needed for a target mAP"),
     "retrain": ("pipeline.ops.retrain", "scheduled retraining with champion/challenger promotion"),
     "rollback": ("pipeline.ops.retrain", "point the registry's champion alias back to the previous one"),
 }

@@ -337,6 +337,8 @@ class PathsConfig:
     evaluation: str
     export: str
     benchmark: str
+    select: str  # python -m pipeline select
+    scaling: str  # python -m pipeline scaling
 
 
 AUGMENTATION_KEYS = (
@@ -414,6 +416,12 @@ class EvaluateConfig:
     localisation_ratio: float  # warn when mAP50-95 < this x mAP50 (boxes found but fitted loosely)
     weak_class_ratio: float  # warn for a class whose AP50-95 < this x the mean over classes
     swap_fraction: float  # warn for two classes mistaken for each other in this share of their objects
+    # metrics per slice (pipeline/evaluate/slices.py): named groups of a regex on the file stem, and/or
+    # a CSV of per-image attributes (column `image`); a slice below slice_ratio x its siblings warns
+    slices: str | None
+    slices_csv: str | None
+    slice_ratio: float
+    slice_min_instances: int
 
     def __post_init__(self) -> None:
         _require(self.split in ("test", "val"), "evaluate.split", self.split, "use test or val")
@@ -422,7 +430,17 @@ class EvaluateConfig:
         _require(self.batch >= 1, "evaluate.batch", self.batch, "a batch of at least 1")
         target = self.target_precision
         _require(target is None or 0 < target <= 1, "evaluate.target_precision", target, "null or (0, 1]")
-        for key in ("localisation_ratio", "weak_class_ratio", "swap_fraction"):
+        _require(
+            self.slice_min_instances >= 0, "evaluate.slice_min_instances", self.slice_min_instances, ">= 0"
+        )
+        if self.slices is not None:
+            try:
+                _require(
+                    bool(re.compile(self.slices).groupindex), "evaluate.slices", self.slices, "named groups"
+                )
+            except re.error as exc:
+                _require(False, "evaluate.slices", self.slices, f"a valid regex ({exc})")
+        for key in ("localisation_ratio", "weak_class_ratio", "swap_fraction", "slice_ratio"):
             value = getattr(self, key)
             _require(0 <= value <= 1, f"evaluate.{key}", value, "a fraction in [0, 1]")
 
@@ -534,6 +552,31 @@ class RetrainConfig:
 
 
 @dataclass
+class SelectConfig:
+    """`python -m pipeline select`: which unlabelled frames to label next (pipeline/ops/select.py)."""
+
+    conf: float  # boxes kept for the pre-annotations and the flip-agreement check
+    image_prefix: str  # prepended to each image's absolute path in Label Studio's data.image
+
+    def __post_init__(self) -> None:
+        _require(0 < self.conf < 1, "select.conf", self.conf, "a confidence in (0, 1)")
+
+
+@dataclass
+class ScalingConfig:
+    """`python -m pipeline scaling`: the data-scaling forecast (pipeline/ops/scaling.py)."""
+
+    fractions: list[float]
+    target_map: float  # mAP50-95 whose image count is forecast
+    seed: int  # which nested subsets are drawn
+
+    def __post_init__(self) -> None:
+        for f in self.fractions:
+            _require(0 < f <= 1, "scaling.fractions", self.fractions, "fractions in (0, 1]")
+        _require(0 < self.target_map < 1, "scaling.target_map", self.target_map, "an mAP in (0, 1)")
+
+
+@dataclass
 class PipelineConfig:
     data: DataConfig
     sensor: SensorConfig
@@ -548,6 +591,8 @@ class PipelineConfig:
     export: ExportConfig
     benchmark: BenchmarkConfig
     retrain: RetrainConfig
+    select: SelectConfig
+    scaling: ScalingConfig
 
 
 def validate(raw: DictConfig | dict, source: str = "config") -> PipelineConfig:

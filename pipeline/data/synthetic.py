@@ -6,8 +6,9 @@ and temporal noise, and warm objects (people, animals, vehicles with a hot engin
 some small, some overlapping, some frames empty. `prepare` normalises them to 8 bit like a real
 thermal pipeline. The RGB variant draws the same scenes in colour on a textured background.
 
-Frames come in sequences (`seq007_f03`): consecutive frames of one sequence share the scene and
-move objects a little, so a random split would leak; `prepare` splits by sequence.
+Frames come in sequences (`seq007_night_f03`): consecutive frames of one sequence share the scene and
+move objects a little, so a random split would leak; `prepare` splits by sequence. The middle of
+the name is the sequence's lighting (odd sequences are `night`), an attribute for evaluate.slices.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 CLASSES = ("person", "animal", "vehicle")
 FRAMES_PER_SEQUENCE = 8
 EMPTY_FRAME_RATE = 0.08
+LIGHTING = ("day", "night")  # by sequence parity: in the file name only, for the per-slice demo
 # (height, width) in pixels at a 160 px frame, before the per-object random scale
 CLASS_SHAPES = {0: (26.0, 10.0), 1: (14.0, 26.0), 2: (18.0, 34.0)}
 RGB_COLOURS = {0: (200, 60, 50), 1: (150, 100, 40), 2: (40, 80, 200)}
@@ -27,7 +29,7 @@ RGB_COLOURS = {0: (200, 60, 50), 1: (150, 100, 40), 2: (40, 80, 200)}
 
 @dataclass(frozen=True)
 class SyntheticFrame:
-    name: str  # file stem, e.g. seq003_f05
+    name: str  # file stem, e.g. seq003_night_f05
     group: str  # the sequence it belongs to
     image: np.ndarray  # thermal: (H, W) uint16 counts; rgb: (H, W, 3) uint8
     boxes: np.ndarray  # (N, 5) float32: class, cx, cy, w, h normalised to [0, 1]
@@ -58,7 +60,9 @@ def generate(sensor: str, images: int, size: int, seed: int) -> Iterator[Synthet
                 return
             visible = [] if rng.random() < EMPTY_FRAME_RATE else _moved(objects, index, size)
             image, boxes = _render(rng, sensor, scene, visible, size)
-            yield SyntheticFrame(f"seq{seq:03d}_f{index:02d}", f"seq{seq:03d}", image, boxes)
+            yield SyntheticFrame(
+                f"seq{seq:03d}_{LIGHTING[seq % 2]}_f{index:02d}", f"seq{seq:03d}", image, boxes
+            )
             produced += 1
 
 

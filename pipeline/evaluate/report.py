@@ -77,6 +77,27 @@ def true_by_predicted(confusion: tuple[tuple[float, ...], ...]) -> list[list[flo
     return [list(column) for column in zip(*confusion, strict=True)]
 
 
+def slices_section(e: Evaluation) -> list[str]:
+    if not e.slices:
+        return [
+            "## Per slice",
+            "",
+            "No slices: set evaluate.slices (a regex with named groups) or evaluate.slices_csv.",
+        ]
+    rows = [
+        [s.attribute, s.value, str(s.images), str(s.instances), fmt(s.map50), fmt(s.map50_95), fmt(s.recall)]
+        for s in e.slices
+    ]
+    header = ["attribute", "value", "images", "instances", "mAP50", "mAP50-95", "recall@0.5"]
+    return [
+        "## Per slice",
+        "",
+        *table(header, rows),
+        "",
+        "A slice far below the rest is listed under Warnings.",
+    ]
+
+
 def confusion_section(e: Evaluation) -> list[str]:
     names = [c.name for c in e.classes] + ["background"]
     counts = true_by_predicted(e.confusion)
@@ -104,6 +125,7 @@ def render(e: Evaluation, model: str, run_id: str, version: str, alias: str) -> 
         warnings_section(e),
         classes_section(e),
         size_section(e),
+        slices_section(e),
         confusion_section(e),
         plots_section(),
         [

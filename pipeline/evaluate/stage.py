@@ -25,6 +25,7 @@ from pipeline.core.cli import stage_parser
 from pipeline.core.config import EvaluateConfig, PipelineConfig, load_params
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.evaluate.report import render, true_by_predicted
+from pipeline.evaluate.slices import SliceMetrics, image_attributes, low_slice_warnings, slice_metrics
 from pipeline.model.info import ModelInfo, read_model_info, require_weights
 from pipeline.model.scoring import (
     CocoSummary,
@@ -32,6 +33,7 @@ from pipeline.model.scoring import (
     coco_ground_truth,
     coco_summary,
     read_split,
+    renumbered,
     resolve_split,
 )
 
@@ -77,6 +79,7 @@ class Evaluation:
     thresholds: tuple[Threshold, ...]
     confusion: tuple[tuple[int, ...], ...]  # [predicted][true], last row/column = background
     warnings: tuple[str, ...]
+    slices: tuple[SliceMetrics, ...] = ()  # evaluate.slices / slices_csv; empty when neither is set
 
 
 # ---- per-class numbers from the validator ----------------------------------------------------------
@@ -135,11 +138,6 @@ def predictions_by_image(predictions: list[dict[str, Any]], samples: list[Sample
     for p in predictions:
         grouped[index[p["file_name"]]].append(p)
     return grouped
-
-
-def renumbered(grouped: list[list[dict]]) -> list[dict[str, Any]]:
-    """COCO results with image ids = position + 1, as `coco_ground_truth` numbers the images."""
-    return [{**p, "image_id": i} for i, group in enumerate(grouped, start=1) for p in group]
 
 
 def confusion(
@@ -229,6 +227,7 @@ def all_warnings(e: Evaluation, matrix: np.ndarray, cfg: EvaluateConfig) -> tupl
         + localisation_warning(e.map50, e.map50_95, cfg.localisation_ratio)
         + weak_class_warnings(e.classes, cfg.weak_class_ratio)
         + swap_warnings(matrix, e.classes, cfg.swap_fraction)
+        + low_slice_warnings(e.slices, cfg.slice_ratio, cfg.slice_min_instances)
     )
 
 
@@ -278,6 +277,10 @@ def run(cfg: PipelineConfig) -> Evaluation:
     draw_confusion(matrix, plots)
     evaluation = summarise(
         metrics, info, split, note, samples, coco_summary(truth, renumbered(grouped)), cuts
+    )
+    attributes = image_attributes([s.image.name for s in samples], cfg.evaluate)
+    evaluation = replace(
+        evaluation, slices=tuple(slice_metrics(samples, grouped, attributes, len(info.names)))
     )
     evaluation = with_warnings(evaluation, matrix.matrix, cfg.evaluate)
     draw_class_ap(evaluation, plots / "ap_per_class.png")
@@ -373,6 +376,7 @@ def details_json(e: Evaluation) -> dict[str, Any]:
             "counts": true_by_predicted(e.confusion),
         },
         "warnings": len(e.warnings),
+        "slices": [s.as_dict() for s in e.slices],
     }
 
 

@@ -39,6 +39,7 @@ class CocoSummary:
     map50_95: float
     map50: float
     by_size: dict[str, float | None]  # None where the split holds no object of that size
+    recall50: float = 0.0  # COCO AR at IoU 0.5 (up to 100 detections per image)
 
 
 # ---- the prepared dataset --------------------------------------------------------------------------
@@ -148,6 +149,11 @@ def coco_predictions(detections: Sequence[Detections]) -> list[dict[str, Any]]:
     ]
 
 
+def renumbered(grouped: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """COCO results with image ids = position + 1, as `coco_ground_truth` numbers the images."""
+    return [{**p, "image_id": i} for i, group in enumerate(grouped, start=1) for p in group]
+
+
 def coco_summary(ground_truth: dict[str, Any], predictions: list[dict[str, Any]]) -> CocoSummary:
     from faster_coco_eval import COCO, COCOeval_faster
 
@@ -156,7 +162,7 @@ def coco_summary(ground_truth: dict[str, Any], predictions: list[dict[str, Any]]
     evaluator.run()
     stats = evaluator.stats_as_dict
     by_size = {size: (stats[f"AP_{size}"] if stats[f"AP_{size}"] >= 0 else None) for size in SIZES}
-    return CocoSummary(max(stats["AP_all"], 0.0), max(stats["AP_50"], 0.0), by_size)
+    return CocoSummary(max(stats["AP_all"], 0.0), max(stats["AP_50"], 0.0), by_size, max(stats["AR_50"], 0.0))
 
 
 def load_images(samples: Sequence[Sample], channels: int) -> list[np.ndarray]:
