@@ -216,6 +216,7 @@ class SplitConfig:
     train: float = 0.7
     val: float = 0.15
     test: float = 0.15
+    move_source_images: bool = False  # split_leakage=fix may move images between the source's own splits
 
     def __post_init__(self) -> None:
         _require(self.mode in SPLIT_MODES, "data.split.mode", self.mode, f"one of {SPLIT_MODES}")

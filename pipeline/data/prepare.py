@@ -12,9 +12,12 @@ splits, and writes {paths.prepared}/:
     manifest.json              per-file sha256, counts per split and class, dataset_hash
     report.json, report.md     every finding with file, line, action and fix hint
 
-Everything is written into a temporary sibling folder that replaces the output only at the end,
-so an interrupted run never leaves half a dataset. When any finding's policy is `error`, the
-output holds only the reports and a DataError names them. The source is never modified.
+Everything is written into a temporary sibling folder that replaces the output only at the end
+(`pipeline.core.io.swap_dir`), so an interrupted run never leaves half a dataset, and the next run
+removes what a killed one left. When any finding's policy is `error`, the previous dataset is kept
+as it was, the reports go to {paths.prepared}.failed-report/ and a DataError names them. The
+source is never modified; a JPEG Ultralytics would rewrite ("corrupt JPEG restored") is re-encoded
+here, so training never changes a prepared file.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from pipeline.core.config import (
     ValidationConfig,
 )
 from pipeline.core.errors import DataError
-from pipeline.core.io import write_json, write_text
+from pipeline.core.io import recover_swap, swap_dir, write_json, write_text
 from pipeline.data.readers import Entry, Source, read_source
 from pipeline.data.validation import (
     ClassResolver,
@@ -78,6 +81,8 @@ LINK_FALLBACKS = {
     "copy": ("copy",),
 }
 POOL = ".pool"  # staging folder beside images/<split>/, same depth, so relative symlinks survive moves
+FAILED_REPORT_SUFFIX = ".failed-report"  # {paths.prepared}.failed-report/: a failed run's reports
+JPEG_END = b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class PrepareResult:
     findings: dict[str, int]  # count per finding kind
     actions: dict[str, str]  # what the policy did for each kind found
     report: Path
+    split_origins: dict[str, str]  # per split: where it came from and what changed it
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class Item:
     placed: str  # hardlink, symlink, copy or converted
     deep: bool  # normalised from more than 8 bits
     unmapped: int  # boxes data.class_map dropped on purpose
+    repaired: bool = (
+        False  # a JPEG with bytes after its end marker, re-encoded (Ultralytics would rewrite it)
+    )
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,7 @@ class Decoded:
     array: np.ndarray | None  # synthetic frames
     data: bytes | None  # the file's bytes (hashed when the file is linked)
     orientation: int
+    repaired: bool = False  # decodes, but must be re-encoded: Ultralytics would rewrite it in place
 
 
 @dataclass(frozen=True)
@@ -151,8 +161,11 @@ def run(cfg: PipelineConfig) -> PrepareResult:
         context = Context(cfg, classes, log, stage / "images" / POOL, dataset_range(source, data.normalize))
         items = ingest(source, context)
         items, mode = assign_splits(items, source, data.split, cfg.seed)
-        items = check_duplicates(items, data.validation, log)
-        return finish(stage, out, items, mode, context)
+        assigned = {item.key: item.split for item in items}
+        items = check_duplicates(
+            items, data.validation, log, mode == "source" and not data.split.move_source_images
+        )
+        return finish(stage, out, items, mode, context, split_history(assigned, items, mode))
 
 
 def main(argv: list[str], prog: str = "python -m pipeline prepare", command: str = "prepare") -> int:
@@ -170,12 +183,13 @@ def main(argv: list[str], prog: str = "python -m pipeline prepare", command: str
 
 def describe(result: PrepareResult, seconds: float) -> str:
     splits = ", ".join(f"{s} {n}" for s, n in result.images.items())
+    origins = "".join(f"\n    {s}: {text}" for s, text in result.split_origins.items())
     classes = ", ".join(f"{c} {n}" for c, n in result.per_class.items())
     found = ", ".join(f"{k} {n} ({result.actions[k]})" for k, n in result.findings.items()) or "none"
     return (
         f"prepared {sum(result.images.values())} images, {sum(result.boxes.values())} boxes -> "
         f"{result.output_dir} in {seconds:.1f} s\n"
-        f"  splits ({result.split_mode}): {splits}\n  boxes per class: {classes}\n"
+        f"  splits ({result.split_mode}): {splits}{origins}\n  boxes per class: {classes}\n"
         f"  findings: {found}\n  dataset_hash {result.dataset_hash}\n  report: {result.report}"
     )
 
@@ -234,14 +248,15 @@ def decode(entry: Entry, log: FindingLog) -> Decoded | None:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         log.report("unreadable_image", entry.key, None, f"cannot be decoded: {exc}")
         return None
-    if image.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if image.format == "JPEG" and JPEG_END not in data[2:]:
         log.report("unreadable_image", entry.key, None, "truncated JPEG: no end-of-image marker")
         return None
+    repaired = image.format == "JPEG" and not data.endswith(JPEG_END)  # Ultralytics checks the last 2 bytes
     if image.mode == "F":
         message = "32-bit float frame: convert it to 16-bit counts (PNG/TIFF) first"
         log.report("unreadable_image", entry.key, None, message, "export radiometric frames as 16-bit")
         return None
-    return Decoded(image, None, data, int(image.getexif().get(0x0112, 1) or 1))
+    return Decoded(image, None, data, int(image.getexif().get(0x0112, 1) or 1), repaired)
 
 
 def pillow_open(file: Any) -> Image.Image:
@@ -330,13 +345,18 @@ def stage_image(
     if placed != "converted" and decoded.orientation in (5, 6, 7, 8):
         size = size[::-1]  # a linked file keeps its EXIF rotation, which Ultralytics applies when reading
     hashes = (digest, pixel_hash(output), phash(output))
-    return Item(entry.key, name, split, group, check.boxes, size, *hashes, placed, deep, check.unmapped)
+    return Item(
+        *(entry.key, name, split, group, check.boxes, size, *hashes, placed, deep, check.unmapped),
+        repaired=decoded.repaired,
+    )
 
 
 def linkable(entry: Entry, decoded: Decoded, decision: FrameDecision, channels: int) -> bool:
-    """The source file can serve as it is: 8-bit, the output's channels, no rotation to apply."""
-    wanted = "L" if channels == 1 else "RGB"
-    return entry.image is not None and not decision.reencode and decoded.image.mode == wanted
+    """The source file can serve as it is: intact, 8-bit, the output's channels or 8-bit grey for a
+    3-channel model (Ultralytics' cv2.imread makes grey 3-channel itself), no rotation to apply."""
+    wanted = ("L",) if channels == 1 else ("RGB", "L")
+    intact = not (decision.reencode or decoded.repaired)
+    return entry.image is not None and intact and decoded.image.mode in wanted
 
 
 def source_pixels(decoded: Decoded, decision: FrameDecision) -> tuple[np.ndarray, bool]:
@@ -541,24 +561,38 @@ def seeded(seed: int, text: str) -> str:
 # ---- duplicates within and across the final splits ---------------------------------------------
 
 
-def check_duplicates(items: list[Item], rules: ValidationConfig, log: FindingLog) -> list[Item]:
-    """Leakage (identical or near-identical images in two splits) first, then duplicates within a split."""
+def check_duplicates(
+    items: list[Item], rules: ValidationConfig, log: FindingLog, keep_splits: bool = False
+) -> list[Item]:
+    """Leakage (identical or near-identical images in two splits) first, then duplicates within a split.
+    `keep_splits`: the source's own splits; split_leakage=fix reports the leakage instead of moving images."""
     if len(items) < 2:
         return items
     pairs = near_pairs(hash_bits(item.phash for item in items), rules.near_duplicate_image_distance)
     exact = {(i, j) for i, j in pairs if items[i].pixel_hash == items[j].pixel_hash}
     cross = {p for p in pairs if items[p[0]].split != items[p[1]].split}
-    items, dropped = resolve_leakage(items, pairs, sorted(cross), exact, log)
+    items, dropped = resolve_leakage(items, pairs, sorted(cross), exact, log, keep_splits)
     # a near pair is reported once, as leakage; an identical pair moved together is still a duplicate
     within = {p: d for p, d in pairs.items() if p not in cross or p in exact}
     return drop_split_duplicates(items, within, exact, dropped, log)
 
 
 def resolve_leakage(
-    items: list[Item], pairs: dict[tuple[int, int], int], cross: list, exact: set, log: FindingLog
+    items: list[Item],
+    pairs: dict[tuple[int, int], int],
+    cross: list,
+    exact: set,
+    log: FindingLog,
+    keep_splits: bool,
 ) -> tuple[list[Item], set[int]]:
     action, dropped = log.action("split_leakage"), set()
-    effect = {"fix": "moved, with its group, to the earliest split", "drop": "dropped"}.get(action, "kept")
+    if action == "fix" and keep_splits:
+        action = "keep"
+    effect = {
+        "fix": "moved, with its group, to the earliest split",
+        "drop": "dropped",
+        "keep": "kept in the source's split (data.split.move_source_images=true lets fix move it)",
+    }.get(action, "kept")
     for pair in cross:
         i, j = sorted(pair, key=lambda k: (SPLITS.index(items[k].split), k))
         first, later = items[i], items[j]
@@ -611,7 +645,9 @@ def likeness(distance: int, exact: bool) -> str:
 # ---- output ------------------------------------------------------------------------------------
 
 
-def finish(stage: Path, out: Path, items: list[Item], mode: str, context: Context) -> PrepareResult:
+def finish(
+    stage: Path, out: Path, items: list[Item], mode: str, context: Context, origins: dict[str, str]
+) -> PrepareResult:
     cfg, log = context.cfg, context.log
     names = list(cfg.classes.names)
     files = write_layout(stage, items)
@@ -620,18 +656,50 @@ def finish(stage: Path, out: Path, items: list[Item], mode: str, context: Contex
     manifest = build_manifest(cfg.data, items, files, mode, counts, context)
     empty = [s for s in ("train", "val") if counts["splits"][s]["images"] == 0]
     status = "failed" if log.errors() or empty else "ok"
-    summary = {"status": status, "dataset_hash": manifest["dataset_hash"], "split_mode": mode, **counts}
+    summary = {
+        "status": status,
+        "dataset_hash": manifest["dataset_hash"],
+        "split_mode": mode,
+        "split_origins": origins,
+        **counts,
+    }
     payload = report_payload(log, status, summary)
     if status == "failed":
         clear_dataset(stage)
     else:
-        write_json(stage / "manifest.json", manifest)
+        write_json(stage / "manifest.json", manifest | {"split_origins": origins})
     write_json(stage / "report.json", payload)
     write_text(stage / "report.md", render_markdown(payload))
-    publish(stage, out)
     if status == "failed":
-        raise DataError(failure_message(log, empty, out))
-    return result_of(out, manifest, counts, log, mode)
+        kept = out.exists()
+        swap_dir(stage, failed_report_dir(out))
+        raise DataError(failure_message(log, empty, out, kept))
+    swap_dir(stage, out)
+    shutil.rmtree(failed_report_dir(out), ignore_errors=True)  # an earlier failure's reports no longer apply
+    return result_of(out, manifest, counts, log, mode, origins)
+
+
+def failed_report_dir(out: Path) -> Path:
+    return out.parent / f"{out.name}{FAILED_REPORT_SUFFIX}"
+
+
+def split_history(assigned: dict[str, str | None], items: list[Item], mode: str) -> dict[str, str]:
+    """Per split, in words: where its images came from, and what moved or dropped them afterwards."""
+    final = {item.key: item.split for item in items}
+    origin = "the source's own split" if mode == "source" else "split by group here (data.split)"
+    history = {}
+    for split in SPLITS:
+        moved_in = Counter(assigned[k] for k, s in final.items() if s == split and assigned[k] != split)
+        moved_out = sum(1 for k, s in assigned.items() if s == split and final.get(k, s) != s)
+        dropped = sum(1 for k, s in assigned.items() if s == split and k not in final)
+        changes = [f"{n} moved in from {src}" for src, n in sorted(moved_in.items())]
+        changes += [f"{moved_out} moved out"] * bool(moved_out) + [f"{dropped} dropped as duplicates"] * bool(
+            dropped
+        )
+        history[split] = f"{origin}; " + (
+            ", ".join(changes) + " (split_leakage / duplicates)" if changes else "unchanged"
+        )
+    return history
 
 
 def write_layout(stage: Path, items: list[Item]) -> list[tuple[str, str]]:
@@ -708,6 +776,7 @@ def build_manifest(
         for path, digest in sorted(files)
     ]
     placed = Counter(item.placed for item in items)
+    repaired = sorted(item.key for item in items if item.repaired)
     deep = sum(item.deep for item in items)
     normalize = (
         {**vars(data.normalize), "frames": deep, "dataset_range": context.deep_range} if deep else None
@@ -722,6 +791,7 @@ def build_manifest(
         "channels": context.cfg.sensor.channels,
         **counts,
         "placed": dict(sorted(placed.items())),
+        "repaired_jpegs": repaired,  # bytes after the end marker: re-encoded, the source left as it is
         "normalize": normalize,
         "files": listing,
     }
@@ -733,7 +803,9 @@ def dataset_hash(files: list[tuple[str, str]]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def result_of(out: Path, manifest: dict, counts: dict, log: FindingLog, mode: str) -> PrepareResult:
+def result_of(
+    out: Path, manifest: dict, counts: dict, log: FindingLog, mode: str, origins: dict[str, str]
+) -> PrepareResult:
     splits = counts["splits"]
     found = log.counts()
     return PrepareResult(
@@ -746,13 +818,19 @@ def result_of(out: Path, manifest: dict, counts: dict, log: FindingLog, mode: st
         findings=found,
         actions={kind: log.action(kind) for kind in found},
         report=out / "report.md",
+        split_origins=origins,
     )
 
 
-def failure_message(log: FindingLog, empty: list[str], out: Path) -> str:
+def failure_message(log: FindingLog, empty: list[str], out: Path, kept: bool) -> str:
     errors = log.errors()
     kinds = ", ".join(f"{k} {n}" for k, n in Counter(r.finding.kind for r in errors).items())
-    parts = [f"prepare failed; no dataset was written, only {out / 'report.md'} (and report.json)."]
+    reports = failed_report_dir(out)
+    previous = f"the previous dataset in {out} was kept as it was" if kept else f"{out} was not created"
+    parts = [
+        f"prepare failed; no dataset was written ({previous}).",
+        f"Reports: {reports / 'report.md'} and .json.",
+    ]
     if errors:
         parts.append(f"{len(errors)} finding(s) whose policy is error ({kinds}). First: {first_errors(log)}.")
         parts.append("Fix the data, or choose another action: data.validation.policy.<kind>=drop|fix|warn.")
@@ -769,6 +847,7 @@ def staging(out: Path) -> Iterator[Path]:
     """A fresh folder beside `out`; removed if the run fails before publishing it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_stages(out)
+    recover_swap(out)  # a run killed mid-swap left the previous dataset beside `out`
     stage = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
     try:
@@ -793,15 +872,6 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def publish(stage: Path, out: Path) -> None:
-    """Swap the finished stage in for `out`: `out` is always either the old or the new dataset."""
-    old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-    if out.exists() or out.is_symlink():
-        os.replace(out, old)
-    os.replace(stage, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def clear_dataset(stage: Path) -> None:

@@ -18,7 +18,7 @@ from pipeline.core.compose import compose_config, write_params
 from pipeline.core.config import FINDING_ACTIONS
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import read_json
-from pipeline.data.prepare import labels_frame, run, split_groups
+from pipeline.data.prepare import failed_report_dir, labels_frame, run, split_groups
 from pipeline.data.validation import near_pairs
 
 BOX = "0 0.500000 0.500000 0.250000 0.250000"  # a clean box, as prepare writes it
@@ -79,7 +79,8 @@ def prepare(
         result = run(cfg)
     except DataError as exc:
         result = exc
-    return result, read_json(out / "report.json"), out
+    reports = out if not isinstance(result, DataError) else failed_report_dir(out)
+    return result, read_json(reports / "report.json"), out
 
 
 def found(report: dict, kind: str) -> list[tuple[str, int | None]]:
@@ -99,9 +100,11 @@ def split_of(out: Path, stem: str) -> str | None:
 
 def assert_failed(result, out: Path, kind: str) -> None:
     assert isinstance(result, DataError), result
-    assert kind in str(result) and str(out / "report.md") in str(result)
-    assert read_json(out / "report.json")["status"] == "failed"
-    assert (out / "report.md").exists() and not (out / "data.yaml").exists() and not (out / "images").exists()
+    reports = failed_report_dir(out)
+    assert kind in str(result) and str(reports / "report.md") in str(result)
+    assert read_json(reports / "report.json")["status"] == "failed"
+    assert (reports / "report.md").exists() and not (reports / "data.yaml").exists()
+    assert not (reports / "images").exists() and not out.exists()  # no earlier dataset: none appears
 
 
 def actions(kind: str) -> list[str]:
@@ -208,7 +211,11 @@ def test_main_prints_a_summary_and_errors_exit_2_naming_the_report(tmp_path, cap
     write_params(params, overrides)
     assert cli(["prepare", "--params", str(params)]) == 2
     error = capsys.readouterr().err
-    assert "bad_line" in error and "labels/train/c.txt:1" in error and str(out / "report.md") in error
+    assert "bad_line" in error and "labels/train/c.txt:1" in error
+    assert (
+        str(failed_report_dir(out) / "report.md") in error and f"previous dataset in {out} was kept" in error
+    )
+    assert read_json(out / "manifest.json")["images"] == 16  # the last good dataset survives the failure
 
 
 def test_a_policy_that_cannot_apply_to_a_kind_is_refused():
@@ -581,14 +588,14 @@ def test_split_leakage(tmp_path, action):
     assert "in val: a near-duplicate" in report["findings"][0]["message"]
     if action == "error":
         return assert_failed(result, out, "split_leakage")
-    expected = {"fix": "train", "drop": None, "warn": "val"}[action]
+    expected = {"fix": "val", "drop": None, "warn": "val"}[action]  # fix keeps a source's own split
     assert split_of(out, "w") == expected and split_of(out, "v") == "val"
 
 
 def test_identical_images_in_two_splits_are_leakage_then_a_duplicate(tmp_path):
     source = yolo_tree(tmp_path / "src", {"train": {"a": BOX, "b": BOX}, "val": {"v": BOX, "w": BOX}})
     (source / "images/val/w.png").write_bytes((source / "images/train/a.png").read_bytes())
-    _, report, out = prepare(tmp_path, source)
+    _, report, out = prepare(tmp_path, source, "data.split.move_source_images=true")
     assert found(report, "split_leakage") == [("images/val/w.png", None)]
     assert "identical pixels" in report["findings"][0]["message"]
     assert found(report, "duplicate_image") == [("images/val/w.png", None)]  # moved to train, then dropped
