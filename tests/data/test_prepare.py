@@ -18,8 +18,11 @@ from pipeline.core.compose import compose_config, write_params
 from pipeline.core.config import FINDING_ACTIONS
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import read_json
-from pipeline.data.prepare import failed_report_dir, labels_frame, run, split_groups
+from pipeline.data.frames import labels_frame
+from pipeline.data.prepare import run
+from pipeline.data.split import split_groups
 from pipeline.data.validation import near_pairs
+from pipeline.data.write import failed_report_dir
 
 BOX = "0 0.500000 0.500000 0.250000 0.250000"  # a clean box, as prepare writes it
 SIZE = (64, 48)  # (width, height) of generated images
@@ -188,7 +191,7 @@ def test_an_interrupted_run_leaves_the_previous_dataset_whole(tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.data.prepare.write_data_yaml", interrupted)  # halfway through writing
+    monkeypatch.setattr("pipeline.data.write.write_data_yaml", interrupted)  # halfway through writing
     (source / "labels/train/a.txt").write_text("1 0.5 0.5 0.25 0.25\n")
     with pytest.raises(KeyboardInterrupt):
         prepare(tmp_path, source)
@@ -638,7 +641,7 @@ def test_group_split_is_deterministic_stratified_and_follows_the_ratios():
     from collections import Counter
 
     from pipeline.core.config import SplitConfig
-    from pipeline.data.prepare import Item
+    from pipeline.data.frames import Item
 
     def item(group: str, cls: int) -> Item:
         boxes = np.array([[cls, 0.1, 0.1, 0.2, 0.2]])

@@ -18,7 +18,7 @@ from ultralytics.data.utils import check_image
 
 from pipeline.core.compose import write_params
 from pipeline.core.io import KILL_SWITCH, SWAP_KILL_POINT, read_json, recover_swap, swap_dir
-from pipeline.data.prepare import failed_report_dir
+from pipeline.data.write import failed_report_dir
 from tests.data.test_prepare import BOX, clean, near_copy, pattern, prepare, split_of, yolo_tree
 
 
@@ -58,7 +58,8 @@ def run_prepare(params: Path, env: dict[str, str]) -> subprocess.CompletedProces
 def test_a_swap_killed_between_its_renames_is_recovered_by_the_next_run(tmp_path):
     out, params = tmp_path / "prepared", tmp_path / "params.yaml"
     source = yolo_tree(tmp_path / "src", clean())
-    write_params(params, ["data=yolo_dir", f"data.path={source}", "classes.names=[cat,dog]", f"paths.prepared={out}"])
+    overrides = ["data=yolo_dir", f"data.path={source}", "classes.names=[cat,dog]", f"paths.prepared={out}"]
+    write_params(params, overrides)
     assert run_prepare(params, {}).returncode == 0
     good = listed(out)
     killed = run_prepare(params, {KILL_SWITCH: SWAP_KILL_POINT})
@@ -91,15 +92,15 @@ def test_a_jpeg_with_trailing_bytes_is_reencoded_so_training_never_rewrites_it(t
     damaged = source / "images/train/a.jpg"
     damaged.write_bytes(damaged.read_bytes() + b"\0\0\0\0")  # what some cameras and uploaders leave
     original = sha256(damaged)
-    result, _, out = prepare(tmp_path, source)
+    _, _, out = prepare(tmp_path, source)
     manifest = read_json(out / "manifest.json")
     assert manifest["repaired_jpegs"] == ["images/train/a.jpg"] and manifest["placed"]["converted"] == 1
     prepared = out / "images/train/a.png"
     message, _ = check_image(str(prepared))  # Ultralytics' own integrity check, as training runs it
     assert message == "" and sha256(prepared) == listed(out)["images/train/a.png"]
     assert sha256(damaged) == original  # the source is never touched
-    intact = out / "images/train/b.jpg"
-    assert check_image(str(intact))[0] == "" and intact.stat().st_ino == (source / "images/train/b.jpg").stat().st_ino
+    intact, linked = out / "images/train/b.jpg", source / "images/train/b.jpg"
+    assert check_image(str(intact))[0] == "" and intact.stat().st_ino == linked.stat().st_ino
 
 
 def test_an_8_bit_grey_jpeg_is_linked_in_its_source_encoding_for_a_3_channel_model(tmp_path):
