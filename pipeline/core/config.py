@@ -220,6 +220,7 @@ class SplitConfig:
     train: float
     val: float
     test: float
+    move_source_images: bool  # split_leakage=fix may move images between the source's own splits
 
     def __post_init__(self) -> None:
         _require(self.mode in SPLIT_MODES, "data.split.mode", self.mode, f"one of {SPLIT_MODES}")

@@ -23,7 +23,7 @@ from pipeline.core.artifacts import Artifacts, metadata_path
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
-from pipeline.core.io import read_json, write_json
+from pipeline.core.io import read_json, swap_dir, write_json
 from pipeline.core.lineage import package_versions
 from pipeline.model.inference import FORMAT_SUFFIXES, Runner, open_runner
 from pipeline.model.info import ModelInfo, file_sha256, read_model_info, require_weights
@@ -172,15 +172,8 @@ def run(cfg: PipelineConfig) -> ExportResult:
             )
             if result.passed:
                 models[fmt] = publish(cfg, fmt, exported, info, result, target)
-        replace_dir(target, models_dir(cfg))
+        swap_dir(target, models_dir(cfg))
     return ExportResult({fmt: models_dir(cfg) / path.name for fmt, path in models.items()}, tuple(results))
-
-
-def replace_dir(source: Path, destination: Path) -> None:
-    """Swap in the new models folder whole, so no file of an earlier export lingers beside the new ones."""
-    shutil.rmtree(destination, ignore_errors=True)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(source), destination)
 
 
 def describe(result: Parity) -> str:

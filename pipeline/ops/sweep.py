@@ -33,6 +33,7 @@ from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import CONF_DIR
 from pipeline.core.config import PipelineConfig, validate
 from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.faults import is_main_rank
 from pipeline.core.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,6 @@ class PruningReporter:
         return {**self.__dict__, "_trial": None}  # an open trial holds a database connection
 
     def __call__(self, trainer: Any) -> None:
-        from pipeline.train.callbacks import is_main_rank
         from pipeline.train.stage import epoch_rows
 
         rows = epoch_rows(Path(trainer.csv)) if is_main_rank() else []
@@ -185,7 +185,6 @@ class RunNesting:
     done: bool = False
 
     def __call__(self, trainer: Any) -> None:
-        from pipeline.train.callbacks import is_main_rank
 
         if is_main_rank() and not self.done:
             self.nest(Path(trainer.save_dir))

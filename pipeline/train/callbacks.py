@@ -7,46 +7,11 @@ MLflow run through its id and tracking URI (no active run is needed in a worker 
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import ConfigError
-
-# `PIPELINE_KILL_AT=<point>[:<epoch>]` SIGKILLs training at a named moment: how the tests prove that a
-# rerun recovers from a kill anywhere. Points, in the order Ultralytics reaches them:
-KILL_ENV = "PIPELINE_KILL_AT"
-KILL_POINTS = (
-    "setup",  # after Ultralytics built the model, data and optimizer, before epoch 1
-    "mid_epoch",  # after the first batch of the epoch
-    "after_results_row",  # the epoch's results.csv row is written, its checkpoint is not
-    "optimizer_strip",  # training ended; last.pt is stripped of its optimizer, best.pt is not yet
-    "final_validation",  # both checkpoints stripped; Ultralytics' final validation of best.pt starts
-)
-
-
-def is_main_rank() -> bool:
-    return int(os.environ.get("RANK", -1)) in (-1, 0)
-
-
-def kill_armed(point: str, epoch: int | None = None, environ: dict[str, str] | None = None) -> bool:
-    """Whether `KILL_ENV` asks for a kill at `point` (at `epoch`, 1-based, when it names one)."""
-    armed = (os.environ if environ is None else environ).get(KILL_ENV, "")
-    if not armed:
-        return False
-    name, _, at_epoch = armed.partition(":")
-    if name not in KILL_POINTS:
-        raise ConfigError(
-            f"{KILL_ENV}={armed!r}: unknown point {name!r}; use one of {', '.join(KILL_POINTS)}"
-        )
-    return name == point and (not at_epoch or epoch == int(at_epoch))
-
-
-def kill_if_armed(point: str, epoch: int | None = None) -> None:
-    if is_main_rank() and kill_armed(point, epoch):
-        os.kill(os.getpid(), signal.SIGKILL)
+from pipeline.core.faults import is_main_rank, kill_if_armed
 
 
 def kill_at_setup(trainer: Any) -> None:

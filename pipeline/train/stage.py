@@ -23,6 +23,7 @@ from pipeline.core.artifacts import Artifacts, TrainRun
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import MissingDependencyError, PipelineError
+from pipeline.core.faults import is_main_rank
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.rules import DatasetFacts, Plan, batch_rule, load_facts, resolve_plan
 
@@ -210,7 +211,7 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     (e.g. a sweep's pruning callback, which may set `trainer.stop`)."""
     from pipeline.core import tracking
     from pipeline.core.config import to_flat_dict
-    from pipeline.train.callbacks import EpochLogger, is_main_rank, logged_steps
+    from pipeline.train.callbacks import EpochLogger, logged_steps
 
     dataset_hash = read_dataset_hash(cfg)
     plan = resolve_plan(cfg, read_facts(cfg))

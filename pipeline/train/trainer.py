@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pipeline.core.faults import kill_armed, kill_if_armed
 from pipeline.core.yolo import import_ultralytics
 from pipeline.train.callbacks import (
     global_world_size,
-    kill_armed,
     kill_at_final_validation,
     kill_at_setup,
-    kill_if_armed,
     kill_mid_epoch,
 )
 
@@ -27,7 +26,8 @@ from ultralytics.utils.torch_utils import strip_optimizer  # noqa: E402
 class PipelineTrainer(DetectionTrainer):
     """Ultralytics sizes the DDP world from this node's device list, which is right on one node
     only; under `torchrun --nnodes N` the process group must span every node's processes.
-    It also carries the kill points (`callbacks.KILL_POINTS`) that fall between Ultralytics' callbacks."""
+    It also carries the kill points (`pipeline.core.faults.KILL_POINTS`) that fall between
+    Ultralytics' callbacks."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -18,8 +18,11 @@ from pipeline.core.compose import compose_config, write_params
 from pipeline.core.config import FINDING_ACTIONS
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import read_json
-from pipeline.data.prepare import labels_frame, run, split_groups
+from pipeline.data.frames import labels_frame
+from pipeline.data.prepare import run
+from pipeline.data.split import split_groups
 from pipeline.data.validation import near_pairs
+from pipeline.data.write import failed_report_dir
 
 BOX = "0 0.500000 0.500000 0.250000 0.250000"  # a clean box, as prepare writes it
 SIZE = (64, 48)  # (width, height) of generated images
@@ -79,7 +82,8 @@ def prepare(
         result = run(cfg)
     except DataError as exc:
         result = exc
-    return result, read_json(out / "report.json"), out
+    reports = out if not isinstance(result, DataError) else failed_report_dir(out)
+    return result, read_json(reports / "report.json"), out
 
 
 def found(report: dict, kind: str) -> list[tuple[str, int | None]]:
@@ -99,9 +103,11 @@ def split_of(out: Path, stem: str) -> str | None:
 
 def assert_failed(result, out: Path, kind: str) -> None:
     assert isinstance(result, DataError), result
-    assert kind in str(result) and str(out / "report.md") in str(result)
-    assert read_json(out / "report.json")["status"] == "failed"
-    assert (out / "report.md").exists() and not (out / "data.yaml").exists() and not (out / "images").exists()
+    reports = failed_report_dir(out)
+    assert kind in str(result) and str(reports / "report.md") in str(result)
+    assert read_json(reports / "report.json")["status"] == "failed"
+    assert (reports / "report.md").exists() and not (reports / "data.yaml").exists()
+    assert not (reports / "images").exists() and not out.exists()  # no earlier dataset: none appears
 
 
 def actions(kind: str) -> list[str]:
@@ -185,7 +191,7 @@ def test_an_interrupted_run_leaves_the_previous_dataset_whole(tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.data.prepare.write_data_yaml", interrupted)  # halfway through writing
+    monkeypatch.setattr("pipeline.data.write.write_data_yaml", interrupted)  # halfway through writing
     (source / "labels/train/a.txt").write_text("1 0.5 0.5 0.25 0.25\n")
     with pytest.raises(KeyboardInterrupt):
         prepare(tmp_path, source)
@@ -208,7 +214,11 @@ def test_main_prints_a_summary_and_errors_exit_2_naming_the_report(tmp_path, cap
     write_params(params, overrides)
     assert cli(["prepare", "--params", str(params)]) == 2
     error = capsys.readouterr().err
-    assert "bad_line" in error and "labels/train/c.txt:1" in error and str(out / "report.md") in error
+    assert "bad_line" in error and "labels/train/c.txt:1" in error
+    assert (
+        str(failed_report_dir(out) / "report.md") in error and f"previous dataset in {out} was kept" in error
+    )
+    assert read_json(out / "manifest.json")["images"] == 16  # the last good dataset survives the failure
 
 
 def test_a_policy_that_cannot_apply_to_a_kind_is_refused():
@@ -581,14 +591,14 @@ def test_split_leakage(tmp_path, action):
     assert "in val: a near-duplicate" in report["findings"][0]["message"]
     if action == "error":
         return assert_failed(result, out, "split_leakage")
-    expected = {"fix": "train", "drop": None, "warn": "val"}[action]
+    expected = {"fix": "val", "drop": None, "warn": "val"}[action]  # fix keeps a source's own split
     assert split_of(out, "w") == expected and split_of(out, "v") == "val"
 
 
 def test_identical_images_in_two_splits_are_leakage_then_a_duplicate(tmp_path):
     source = yolo_tree(tmp_path / "src", {"train": {"a": BOX, "b": BOX}, "val": {"v": BOX, "w": BOX}})
     (source / "images/val/w.png").write_bytes((source / "images/train/a.png").read_bytes())
-    _, report, out = prepare(tmp_path, source)
+    _, report, out = prepare(tmp_path, source, "data.split.move_source_images=true")
     assert found(report, "split_leakage") == [("images/val/w.png", None)]
     assert "identical pixels" in report["findings"][0]["message"]
     assert found(report, "duplicate_image") == [("images/val/w.png", None)]  # moved to train, then dropped
@@ -630,7 +640,7 @@ def assert_groups_whole(out: Path) -> None:
 def test_group_split_is_deterministic_stratified_and_follows_the_ratios():
     from collections import Counter
 
-    from pipeline.data.prepare import Item
+    from pipeline.data.frames import Item
 
     def item(group: str, cls: int) -> Item:
         boxes = np.array([[cls, 0.1, 0.1, 0.2, 0.2]])

@@ -43,8 +43,11 @@ def assert_ultralytics_reads(out: Path) -> None:
 
 
 def test_thermal_dogs_people_yolo_with_roboflow_data_yaml(tmp_path, monkeypatch):
-    source, result, report, out = prepare_real(tmp_path, monkeypatch, "thermal_dogs_people", "sensor=thermal")
+    # Consecutive burst frames sit in different source splits; moving them is an explicit choice.
+    moving = ("sensor=thermal", "data.split.move_source_images=true")
+    source, result, report, out = prepare_real(tmp_path, monkeypatch, "thermal_dogs_people", *moving)
     assert result.split_mode == "source" and report["status"] == "ok"
+    assert "moved in from" in result.split_origins["train"]  # the summary says what moved
     assert sum(result.images.values()) == 203 and result.images["test"] > 0  # test/ is not in its data.yaml
     assert sum(result.boxes.values()) == 257 and result.per_class == {"dog": 117, "person": 140}
     backgrounds = found(report, "background_image")  # PROVENANCE: 18 empty label files
@@ -53,7 +56,6 @@ def test_thermal_dogs_people_yolo_with_roboflow_data_yaml(tmp_path, monkeypatch)
     assert all(written[Path(f).name] == "" for f, _ in backgrounds)
     manifest = read_json(out / "manifest.json")
     assert "converted" not in manifest["placed"] and sum(manifest["placed"].values()) == 203
-    # Consecutive burst frames sit in different source splits; the default policy moves them together.
     assert len(found(report, "split_leakage")) > 0
     assert_no_near_duplicates_across_splits(out, max_distance=4)
     assert_ultralytics_reads(out)

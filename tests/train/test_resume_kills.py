@@ -18,10 +18,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import compose_config, write_params
+from pipeline.core.faults import KILL_ENV, kill_armed
 from pipeline.core.io import read_json
 from pipeline.data.prepare import run as prepare
 from pipeline.train import stage as train
-from pipeline.train.callbacks import KILL_ENV, kill_armed
 from tests.conftest import PROJECT_ROOT, tiny_overrides
 
 EPOCHS = 3
