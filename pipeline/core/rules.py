@@ -171,6 +171,10 @@ def training_batch_rule(cfg: PipelineConfig, imgsz: int, facts: DatasetFacts | N
         if per_epoch < value:
             value = per_epoch
             reason += f"; {per_epoch} so {facts.train_images} images make >= {MIN_BATCHES_PER_EPOCH} batches"
+    # Ultralytics splits the batch across DDP ranks: below one image per GPU a rank gets none
+    world = max(1, hw.gpus)
+    if value < world:
+        value, reason = world, f"{reason}; floored at {world}, one image per GPU"
     return value, reason
 
 

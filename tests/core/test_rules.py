@@ -152,3 +152,10 @@ def test_training_batch_is_capped_by_the_nominal_batch_and_the_dataset_size():
     assert value == 16 and ">= 16 batches" in reason
     dgx = compose_config(["hardware=dgx_spark", "model=yolo11l"])
     assert rules.training_batch_rule(dgx, 640, facts(train_images=50000))[0] == 128  # template 12.4
+
+
+def test_training_batch_gives_every_gpu_at_least_one_image():
+    """Ultralytics divides the batch by the world size: 16 images on 8 GPUs would cap it at 1."""
+    dgx = compose_config(["hardware=dgx_spark", "model=yolo11n"])
+    value, reason = rules.training_batch_rule(dgx, 640, facts(train_images=16))
+    assert value == 8 and "floored at 8" in reason
