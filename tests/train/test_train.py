@@ -159,7 +159,8 @@ def test_launch_passes_the_params_file_to_every_node(tmp_path, capsys):
     from pipeline.train.launch import main as launch_main
 
     params = write_params(tmp_path / "cluster.yaml", ["hardware=dgx_spark"])
-    assert launch_main(["--params", str(params), "--nnodes", "2", "--node-rank", "1", "--master-addr", "h"]) == 0
+    arguments = ["--params", str(params), "--nnodes", "2", "--node-rank", "1", "--master-addr", "h"]
+    assert launch_main(arguments) == 0
     printed = capsys.readouterr().out.split()
     assert "--nproc-per-node=8" in printed and printed[-1] == f"--params={params}"
 
