@@ -139,9 +139,10 @@ def export_model(cfg: PipelineConfig, fmt: str, staged: Path, info: ModelInfo) -
     """The exported file or folder, and what quantization recorded (empty for the float formats)."""
     if fmt != INT8:
         return export_format(staged, export_arguments(cfg, fmt, info)), {}
-    from pipeline.deploy.int8 import quantize
+    from pipeline.deploy.int8 import calibration_images, quantize
 
-    return quantize(cfg, export_format(staged, export_arguments(cfg, "openvino", info)), info)
+    fp32 = export_format(staged, export_arguments(cfg, "openvino", info))
+    return quantize(fp32, info, calibration_images(cfg))
 
 
 def export_and_check(

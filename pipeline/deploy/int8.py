@@ -44,14 +44,17 @@ def head_scope(model: Any) -> list[str]:
     ]
 
 
-def quantize(cfg: PipelineConfig, fp32_folder: Path, info: ModelInfo) -> tuple[Path, dict[str, Any]]:
+def calibration_images(cfg: PipelineConfig) -> tuple[Path, ...]:
+    return pick_calibration_images(
+        split_images(Path(cfg.paths.prepared), "train"), cfg.export.tensorrt.calibration_images
+    )
+
+
+def quantize(fp32_folder: Path, info: ModelInfo, images: tuple[Path, ...]) -> tuple[Path, dict[str, Any]]:
     """The INT8 copy of an FP32 OpenVINO export folder, and what the metadata records about it."""
     import nncf
     import openvino as ov
 
-    images = pick_calibration_images(
-        split_images(Path(cfg.paths.prepared), "train"), cfg.export.tensorrt.calibration_images
-    )
     xml = next(fp32_folder.glob("*.xml"))
     model = ov.Core().read_model(str(xml))
     kept = head_scope(model)

@@ -24,6 +24,11 @@ def test_int8_export_is_quantized_gated_and_records_the_float_head(project, tmp_
     entry = read_json(tmp_path / "export" / "parity.json")["formats"]["openvino-int8"]
     assert entry["passed"] and entry["max_abs_diff"] is not None  # reported, not bounded
 
+    from pipeline.deploy import benchmark
+
+    timed, _ = benchmark.candidates(project.config(tmp_path))
+    assert "openvino-int8" in [candidate.name for candidate in timed]  # the benchmark stage times it too
+
 
 def test_int8_gate_bounds_only_the_map_with_its_own_key(project, tmp_path):
     tolerance = export.tolerance(project.config(tmp_path, "export.max_map_drop_int8=0.01"), "openvino-int8")
