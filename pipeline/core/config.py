@@ -363,15 +363,18 @@ class TrainConfig:
     copy_paste: Any = AUTO
     fliplr: float = 0.5
     close_mosaic: Any = AUTO
+    cls_pw: Any = AUTO  # Ultralytics' class-weight power, 0 (off) to 1 (inverse frequency)
     allow_unsafe_augmentation: bool = False
     strict_guardrails: bool = False
 
     def __post_init__(self) -> None:
         for key in ("epochs", "patience", "batch", "workers", "close_mosaic"):
             _require_auto_or_number(f"train.{key}", getattr(self, key))
-        for key in ("lr0", "warmup_epochs", *AUGMENTATION_KEYS):
+        for key in ("lr0", "warmup_epochs", "cls_pw", *AUGMENTATION_KEYS):
             _require_auto_or_number(f"train.{key}", getattr(self, key))
         _require_auto_or_number("train.time_hours", self.time_hours, nullable=True)
+        ok = self.cls_pw == AUTO or 0 <= self.cls_pw <= 1
+        _require(ok, "train.cls_pw", self.cls_pw, "use 'auto' or a power in [0, 1] (Ultralytics asserts it)")
         if self.imgsz != AUTO:
             ok = isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0
             _require(ok, "train.imgsz", self.imgsz, "use 'auto' or a multiple of 32 (the max stride)")
