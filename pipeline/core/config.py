@@ -336,6 +336,11 @@ AUGMENTATION_KEYS = (
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None  # weights path or MLflow URI (pipeline/train/distill.py)
+
+
+@dataclass
 class TrainConfig:
     """Ultralytics training arguments; `auto` ones are resolved by `pipeline.core.rules`."""
 
@@ -364,6 +369,7 @@ class TrainConfig:
     fliplr: float = 0.5
     close_mosaic: Any = AUTO
     cls_pw: Any = AUTO  # Ultralytics' class-weight power, 0 (off) to 1 (inverse frequency)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     allow_unsafe_augmentation: bool = False
     strict_guardrails: bool = False
 
