@@ -108,21 +108,20 @@ def metric_column(metric: str) -> str:
 
 
 def ensure_prepared(cfg: PipelineConfig, params: Path) -> None:
-    """Run prepare (and analyze) once for the whole sweep if their outputs are missing."""
+    """Run prepare (and analyze) once for the whole sweep if their outputs are missing; refuse a job
+    whose dataset keys differ from those the shared dataset was claimed with."""
     from filelock import FileLock
 
     prepared = Path(cfg.paths.prepared)
     manifest = prepared / "manifest.json"
     facts = Path(cfg.paths.analysis) / "recommendations.json"
-    if manifest.exists() and facts.exists():
-        return
     prepared.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(prepared.parent / f".{prepared.name}.sweep.lock")):
         if not manifest.exists():
             run_stage("prepare", params)
         if not facts.exists():
             run_stage("analyze", params)
-        check_dataset_claim(cfg, prepared)
+        check_dataset_claim(cfg, prepared)  # every job, under the lock: parallel jobs claim in turn
 
 
 def dataset_keys(cfg: PipelineConfig) -> dict[str, Any]:
