@@ -356,6 +356,11 @@ AUGMENTATION_KEYS = (
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None  # weights path or MLflow URI (pipeline/train/distill.py)
+
+
+@dataclass
 class TrainConfig:
     """Ultralytics training arguments; `auto` ones are resolved by `pipeline.core.rules`."""
 
@@ -383,15 +388,19 @@ class TrainConfig:
     copy_paste: Any
     fliplr: float
     close_mosaic: Any
+    cls_pw: Any  # Ultralytics' class-weight power, 0 (off) to 1 (inverse frequency)
+    distill: DistillConfig
     allow_unsafe_augmentation: bool
     strict_guardrails: bool
 
     def __post_init__(self) -> None:
         for key in ("epochs", "patience", "batch", "workers", "close_mosaic"):
             _require_auto_or_number(f"train.{key}", getattr(self, key))
-        for key in ("lr0", "warmup_epochs", *AUGMENTATION_KEYS):
+        for key in ("lr0", "warmup_epochs", "cls_pw", *AUGMENTATION_KEYS):
             _require_auto_or_number(f"train.{key}", getattr(self, key))
         _require_auto_or_number("train.time_hours", self.time_hours, nullable=True)
+        ok = self.cls_pw == AUTO or 0 <= self.cls_pw <= 1
+        _require(ok, "train.cls_pw", self.cls_pw, "use 'auto' or a power in [0, 1] (Ultralytics asserts it)")
         if self.imgsz != AUTO:
             ok = isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0
             _require(ok, "train.imgsz", self.imgsz, "use 'auto' or a multiple of 32 (the max stride)")
@@ -446,7 +455,7 @@ class EvaluateConfig:
             _require(0 <= value <= 1, f"evaluate.{key}", value, "a fraction in [0, 1]")
 
 
-EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
+EXPORT_FORMATS = ("onnx", "torchscript", "openvino", "openvino-int8")
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
 
 
@@ -490,6 +499,7 @@ class ExportConfig:
     parity_images: int
     max_abs_diff: float
     max_map_drop: float
+    max_map_drop_int8: float  # openvino-int8: raw outputs differ by design, so only mAP is bounded
     tensorrt: TensorRTConfig
 
     def __post_init__(self) -> None:
@@ -499,7 +509,7 @@ class ExportConfig:
         _require(len(set(self.formats)) == len(self.formats), "export.formats", self.formats, "no repeats")
         _require(self.opset >= 11, "export.opset", self.opset, "opset 11 or newer (YOLO heads need it)")
         _require(self.parity_images >= 1, "export.parity_images", self.parity_images, "at least 1 image")
-        for key in ("max_abs_diff", "max_map_drop"):
+        for key in ("max_abs_diff", "max_map_drop", "max_map_drop_int8"):
             _require(getattr(self, key) >= 0, f"export.{key}", getattr(self, key), "a tolerance >= 0")
 
 

@@ -27,6 +27,7 @@ SMALL_OBJECT_AUGMENTATION = {"scale": 0.3, "mosaic": 0.7, "copy_paste": 0.4}  # 
 MAX_BATCH = 256
 NOMINAL_BATCH = 64  # Ultralytics' nbs: gradients accumulate to 64 images per optimizer step per device
 MIN_BATCHES_PER_EPOCH = 16
+CLASS_WEIGHT_POWER = 0.5  # Ultralytics cls_pw when the imbalance is severe (guide 14.2)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,25 @@ def training_batch_rule(cfg: PipelineConfig, imgsz: int, facts: DatasetFacts | N
         if per_epoch < value:
             value = per_epoch
             reason += f"; {per_epoch} so {facts.train_images} images make >= {MIN_BATCHES_PER_EPOCH} batches"
+    # Ultralytics splits the batch across DDP ranks: below one image per GPU a rank gets none
+    world = max(1, hw.gpus)
+    if value < world:
+        value, reason = world, f"{reason}; floored at {world}, one image per GPU"
     return value, reason
+
+
+def class_weight_rule(facts: DatasetFacts | None) -> tuple[float, str]:
+    """Guide 14.2: weight the classification loss toward rare classes when the imbalance is severe;
+    the square root of inverse frequency corrects without letting a handful of images dominate."""
+    ratio = None if facts is None else imbalance_ratio({str(i): n for i, n in enumerate(facts.class_images)})
+    if ratio is None:
+        return 0.0, "class balance unknown (no analyze facts): no class weights"
+    if ratio <= SEVERE_IMBALANCE:
+        return 0.0, f"images per class {ratio:g}:1 (<= {SEVERE_IMBALANCE:g}): no class weights"
+    return CLASS_WEIGHT_POWER, (
+        f"images per class {ratio:g}:1 (> {SEVERE_IMBALANCE:g}, guide 14.2): "
+        f"class weights at inverse frequency^{CLASS_WEIGHT_POWER:g}"
+    )
 
 
 def augmentation_rule(cfg: PipelineConfig, key: str, facts: DatasetFacts | None) -> tuple[float, str]:
@@ -211,6 +230,7 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
     decide("lr0", t.lr0, lambda: lr0_rule(cfg.sensor.lr_base, cfg.sensor.lr_factor, classes, cfg.sensor.name))
     decide("warmup_epochs", t.warmup_epochs, lambda: warmup_rule(cfg.sensor.warmup_epochs, epochs))
     decide("close_mosaic", t.close_mosaic, lambda: (min(10, max(0, epochs // 10)), "last 10 % of epochs"))
+    decide("cls_pw", t.cls_pw, lambda: class_weight_rule(facts))
     for key in AUGMENTATION_KEYS:
         decide(key, getattr(t, key), lambda key=key: augmentation_rule(cfg, key, facts))
     plan = Plan(tuple(decisions.values()), tuple(collect_warnings(cfg, facts, decisions)))

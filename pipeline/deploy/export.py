@@ -30,7 +30,8 @@ from pipeline.model.info import ModelInfo, file_sha256, read_model_info, require
 from pipeline.model.parity import Parity, Tolerance
 
 STEM = "model"
-VERSIONED = ("ultralytics", "torch", "onnx", "onnxslim", "onnxruntime", "openvino")
+VERSIONED = ("ultralytics", "torch", "onnx", "onnxslim", "onnxruntime", "openvino", "nncf")
+INT8 = "openvino-int8"
 
 
 class ParityError(PipelineError):
@@ -75,12 +76,17 @@ def export_arguments(cfg: PipelineConfig, fmt: str, info: ModelInfo) -> dict[str
     return arguments
 
 
-def tolerance(cfg: PipelineConfig) -> Tolerance:
+def tolerance(cfg: PipelineConfig, fmt: str) -> Tolerance:
+    if fmt == INT8:  # quantized outputs differ from PyTorch's by design: only the accuracy is bounded
+        drop = cfg.export.max_map_drop_int8
+        return Tolerance(None, drop, source=f"export.max_map_drop_int8={drop}")
     diff, drop = cfg.export.max_abs_diff, cfg.export.max_map_drop
     return Tolerance(diff, drop, source=f"export.max_abs_diff={diff}, export.max_map_drop={drop}")
 
 
-def metadata(cfg: PipelineConfig, fmt: str, model: Path, info: ModelInfo, parity: Parity) -> dict[str, Any]:
+def metadata(
+    cfg: PipelineConfig, fmt: str, model: Path, info: ModelInfo, parity: Parity, quantization: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "format": fmt,
         "file": model.name,
@@ -92,6 +98,7 @@ def metadata(cfg: PipelineConfig, fmt: str, model: Path, info: ModelInfo, parity
         "sha256_file": file_sha256(model),
         "versions": package_versions(VERSIONED),
         "parity": parity.as_dict(),
+        "quantization": quantization or None,  # INT8: calibration images and the ops kept in float
     }
 
 
@@ -125,20 +132,36 @@ def export_format(weights: Path, arguments: dict[str, Any]) -> Path:
     return Path(YOLO(str(weights)).export(**arguments))
 
 
+def export_model(cfg: PipelineConfig, fmt: str, staged: Path, info: ModelInfo) -> tuple[Path, dict[str, Any]]:
+    """The exported file or folder, and what quantization recorded (empty for the float formats)."""
+    if fmt != INT8:
+        return export_format(staged, export_arguments(cfg, fmt, info)), {}
+    from pipeline.deploy.int8 import calibration_images, quantize
+
+    fp32 = export_format(staged, export_arguments(cfg, "openvino", info))
+    return quantize(fp32, info, calibration_images(cfg))
+
+
 def export_and_check(
     cfg: PipelineConfig, fmt: str, staged: Path, info: ModelInfo, check: Callable[[Runner], Parity]
-) -> tuple[Path, Parity]:
-    exported = export_format(staged, export_arguments(cfg, fmt, info))
-    return exported, check(open_runner(exported, threads=os.cpu_count() or 1))
+) -> tuple[Path, dict[str, Any], Parity]:
+    exported, quantization = export_model(cfg, fmt, staged, info)
+    return exported, quantization, check(open_runner(exported, threads=os.cpu_count() or 1))
 
 
 def publish(
-    cfg: PipelineConfig, fmt: str, exported: Path, info: ModelInfo, parity: Parity, target: Path
+    cfg: PipelineConfig,
+    fmt: str,
+    exported: Path,
+    info: ModelInfo,
+    parity: Parity,
+    quantization: dict[str, Any],
+    target: Path,
 ) -> Path:
     """Move a checked export into the new models folder under its fixed name, metadata beside it."""
     final = target / f"{STEM}{FORMAT_SUFFIXES[fmt]}"
     shutil.move(str(exported), final)
-    write_json(metadata_path(final), metadata(cfg, fmt, final, info, parity))
+    write_json(metadata_path(final), metadata(cfg, fmt, final, info, parity, quantization))
     return final
 
 
@@ -155,7 +178,7 @@ def run(cfg: PipelineConfig) -> ExportResult:
     reference = open_runner(weights, threads=os.cpu_count() or 1)
 
     def check(candidate: Runner) -> Parity:
-        return parity_check.check(reference, candidate, samples, images, info, tolerance(cfg))
+        return parity_check.check(reference, candidate, samples, images, info, tolerance(cfg, candidate.name))
 
     export_root = Path(cfg.paths.export)
     export_root.mkdir(parents=True, exist_ok=True)
@@ -165,13 +188,13 @@ def run(cfg: PipelineConfig) -> ExportResult:
         shutil.copy2(weights, staged)
         target.mkdir()
         for fmt in cfg.export.formats:
-            exported, result = export_and_check(cfg, fmt, staged, info, check)
+            exported, quantization, result = export_and_check(cfg, fmt, staged, info, check)
             results.append(result)
             print(
                 f"{fmt}: {'parity ok' if result.passed else 'PARITY FAILED'} ({describe(result)})", flush=True
             )
             if result.passed:
-                models[fmt] = publish(cfg, fmt, exported, info, result, target)
+                models[fmt] = publish(cfg, fmt, exported, info, result, quantization, target)
         swap_dir(target, models_dir(cfg))
     return ExportResult({fmt: models_dir(cfg) / path.name for fmt, path in models.items()}, tuple(results))
 

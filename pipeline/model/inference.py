@@ -26,6 +26,7 @@ FORMAT_SUFFIXES = {
     "pytorch": ".pt",
     "torchscript": ".torchscript",
     "onnx": ".onnx",
+    "openvino-int8": "_int8_openvino_model",  # before openvino: format_of takes the first suffix that fits
     "openvino": "_openvino_model",
     "tensorrt": ".engine",
 }
@@ -118,7 +119,7 @@ def format_of(path: Path) -> str:
 def open_runner(path: Path, threads: int, precision: str = "f32") -> Runner:
     """A ready session for the model at `path`, using `threads` CPU threads where the runtime has any."""
     fmt = format_of(path)
-    if fmt == "openvino":
+    if fmt in ("openvino", "openvino-int8"):
         return OpenVinoRunner(Path(path), threads, precision)
     if fmt == "tensorrt":
         return TensorRTRunner(Path(path))
@@ -210,7 +211,8 @@ class OpenVinoRunner:
         self.compiled = core.compile_model(model, "CPU", settings)
         self.request = self.compiled.create_infer_request()
         dims = model.inputs[0].partial_shape
-        self.name, self.path = "openvino" if precision == "f32" else f"openvino-{precision}", path
+        fmt = format_of(path)
+        self.name, self.path = fmt if precision == "f32" else f"{fmt}-{precision}", path
         self.input_shape = static_dims([d.get_length() if d.is_static else None for d in dims])
         self.batch = self.input_shape[0]
 

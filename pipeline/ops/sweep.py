@@ -3,7 +3,9 @@
 Each job composes the same `conf/` as the DVC pipeline, then trains and evaluates in its own
 output directory (`paths.train`, `paths.train_report`, `paths.evaluation`, ... under the job's
 directory) on the dataset that `prepare` produced: `paths.prepared` and `paths.analysis` are
-shared, and are made once, under a file lock, by the first job that finds them missing.
+shared, and are made once, under a file lock, by the first job that finds them missing. A job whose
+dataset keys (`data.*`, `classes`, `sensor.channels`) differ from those the shared dataset was made
+with is refused: it would train on the wrong data. Sweep those keys with one sweep per dataset.
 
 Grid sweeps use Hydra's basic sweeper (`model=yolo11n,yolo11s sensor=rgb,thermal`); Optuna
 sweeps use the project's sweeper (`+sweep=lr_aug`, see conf/sweep/ and hydra_plugins/). Under
@@ -19,9 +21,10 @@ test split would leak it into the choice, so it is never the objective.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from pipeline.core.compose import CONF_DIR
 from pipeline.core.config import PipelineConfig, validate
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.faults import is_main_rank
-from pipeline.core.io import write_json, write_text
+from pipeline.core.io import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ JOB_PATHS = {  # paths.<key> -> where it goes inside the job's output directory
     "export": "models/export",
     "benchmark": "reports/benchmark",
 }
+# beside paths.prepared: the dataset keys the shared dataset was claimed with, and its hash
+DATASET_CLAIM_SUFFIX = ".sweep-dataset.json"
 
 
 @dataclass(frozen=True)
@@ -105,20 +110,64 @@ def metric_column(metric: str) -> str:
 
 
 def ensure_prepared(cfg: PipelineConfig, params: Path) -> None:
-    """Run prepare (and analyze) once for the whole sweep if their outputs are missing."""
+    """Run prepare (and analyze) once for the whole sweep if their outputs are missing; refuse a job
+    whose dataset keys differ from those the shared dataset was claimed with."""
     from filelock import FileLock
 
     prepared = Path(cfg.paths.prepared)
     manifest = prepared / "manifest.json"
     facts = Path(cfg.paths.analysis) / "recommendations.json"
-    if manifest.exists() and facts.exists():
-        return
     prepared.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(prepared.parent / f".{prepared.name}.sweep.lock")):
         if not manifest.exists():
             run_stage("prepare", params)
         if not facts.exists():
             run_stage("analyze", params)
+        check_dataset_claim(cfg, prepared)  # every job, under the lock: parallel jobs claim in turn
+
+
+def dataset_keys(cfg: PipelineConfig) -> dict[str, Any]:
+    """What `prepare` makes the shared dataset from (the keys a sweep may not vary), flat and dotted."""
+    nested = {
+        "data": asdict(cfg.data),
+        "classes": asdict(cfg.classes),
+        "sensor": {"channels": cfg.sensor.channels},
+    }
+    return flat(nested)
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    items: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def check_dataset_claim(cfg: PipelineConfig, prepared: Path) -> None:
+    """The first job claims the shared dataset with its dataset keys; a later job whose keys differ
+    is refused. A claim on another dataset hash is stale (prepare ran again since) and is replaced."""
+    claim_path = prepared.parent / f"{prepared.name}{DATASET_CLAIM_SUFFIX}"
+    dataset_hash = read_json(prepared / "manifest.json")["dataset_hash"]
+    mine = json.loads(json.dumps(dataset_keys(cfg)))  # as the claim reads back: tuples become lists
+    claim = read_json(claim_path) if claim_path.exists() else None
+    if claim is None or claim["dataset_hash"] != dataset_hash:
+        write_json(claim_path, {"dataset_hash": dataset_hash, "keys": mine})
+        return
+    differing = {key: value for key, value in mine.items() if claim["keys"].get(key) != value}
+    if differing:
+        changes = ", ".join(
+            f"{key}={value!r} (dataset made with {claim['keys'].get(key)!r})"
+            for key, value in differing.items()
+        )
+        raise ConfigError(
+            f"this job sets {changes}, but the shared dataset {prepared} was prepared for another job "
+            f"(claim: {claim_path}); every trial would train on that one dataset. Sweep data.*, classes "
+            "and sensor.channels with one sweep per dataset, each with its own paths.prepared and "
+            "paths.analysis"
+        )
 
 
 def run_stage(name: str, params: Path) -> None:

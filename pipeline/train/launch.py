@@ -18,7 +18,12 @@ from pipeline.core.errors import ConfigError
 
 
 def torchrun_command(
-    hardware: HardwareConfig, nnodes: int, node_rank: int, master_addr: str, master_port: int = 29500
+    hardware: HardwareConfig,
+    nnodes: int,
+    node_rank: int,
+    master_addr: str,
+    master_port: int = 29500,
+    params: str = "params.yaml",
 ) -> list[str]:
     if hardware.gpus < 1:
         raise ConfigError(f"hardware={hardware.name} has no GPUs: multi-node training needs a GPU profile")
@@ -34,6 +39,8 @@ def torchrun_command(
         "-m",
         "pipeline",
         "train",
+        # every node must train on the same resolved parameters, not whatever ./params.yaml it has
+        f"--params={params}",
     ]
 
 
@@ -47,7 +54,9 @@ def main(argv: list[str], prog: str = "launch", command: str = "launch") -> int:
     parser.add_argument("--run", action="store_true", help="run the command instead of printing it")
     args = parser.parse_args(argv)
     hardware = load_params(args.params).hardware
-    cmd = torchrun_command(hardware, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+    cmd = torchrun_command(
+        hardware, args.nnodes, args.node_rank, args.master_addr, args.master_port, args.params
+    )
     print(shlex.join(cmd))
     return subprocess.call(cmd) if args.run else 0
 

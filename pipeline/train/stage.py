@@ -26,6 +26,7 @@ from pipeline.core.errors import MissingDependencyError, PipelineError
 from pipeline.core.faults import is_main_rank
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.rules import DatasetFacts, Plan, batch_rule, load_facts, resolve_plan
+from pipeline.train.distill import teacher_arguments, teacher_lineage
 
 # What a rerun does with an unfinished attempt of the same training (see `next_step`).
 RESTART, RESUME, FINALISE = "restart", "resume", "finalise"
@@ -66,6 +67,7 @@ def train_arguments(cfg: PipelineConfig, plan: Plan, data_yaml: Path, save_dir: 
         "fliplr": cfg.train.fliplr,
         "plots": True,
         "verbose": False,
+        **teacher_arguments(cfg),
     }
 
 
@@ -200,6 +202,7 @@ def lineage_tags(cfg: PipelineConfig, identity: str, dataset_hash: str) -> dict[
         "pipeline.model": cfg.model.name,
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
         **{f"version.{name}": version for name, version in package_versions().items()},
+        **teacher_lineage(cfg),
     }
 
 

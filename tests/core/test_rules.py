@@ -163,3 +163,33 @@ def test_the_cpu_profile_caps_epochs_by_count_not_by_clock():
     assert "935" in epochs.reason and plan.value("time") is None
     explicit = resolve_plan(compose_config(["sensor=thermal", "train.epochs=40"]))
     assert explicit.value("epochs") == 40
+
+
+def test_training_batch_gives_every_gpu_at_least_one_image():
+    """Ultralytics divides the batch by the world size: 16 images on 8 GPUs would cap it at 1."""
+    dgx = compose_config(["hardware=dgx_spark", "model=yolo11n"])
+    value, reason = rules.training_batch_rule(dgx, 640, facts(train_images=16))
+    assert value == 8 and "floored at 8" in reason
+
+
+def imbalanced(class_images):
+    return DatasetFacts(5000, class_images, 0.1, 1280)
+
+
+@pytest.mark.parametrize(
+    ("class_images", "expected", "why"),
+    [((600, 100, 90), 0.5, "6.667:1 (> 5, guide 14.2)"), ((500, 100, 100), 0.0, "5:1 (<= 5)")],
+)
+def test_severe_imbalance_sets_class_weights_with_the_reason(class_images, expected, why):
+    plan = resolve_plan(compose_config(["hardware=cpu"]), imbalanced(class_images))
+    decision = next(d for d in plan.decisions if d.key == "cls_pw")
+    assert decision.value == expected and why in decision.reason
+    explicit = resolve_plan(compose_config(["hardware=cpu", "train.cls_pw=0.2"]), imbalanced(class_images))
+    assert explicit.value("cls_pw") == 0.2
+
+
+def test_class_weight_power_outside_zero_to_one_is_refused():
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.cls_pw.*\[0, 1\]"):
+        compose_config(["train.cls_pw=1.5"])

@@ -387,3 +387,23 @@ def test_parallel_trials_through_joblib_keep_the_total(tmp_path):
     assert len(states) == 8 and TrialState.RUNNING not in states and TrialState.PRUNED in states
     assert len({t.user_attrs["job_dir"] for t in study.trials}) == 8  # one directory per trial
     assert (tmp_path / "experiment" / "sweep_sweep.yaml").exists()
+
+
+# ---- the shared dataset: a sweep may not vary what prepare made it from -----------------------------
+
+
+@pytest.mark.parametrize("override", ["data.synthetic.images=48", "sensor.channels=1", "classes=bccd"])
+def test_a_job_with_other_dataset_keys_than_the_shared_dataset_is_refused(tmp_path, override):
+    from pipeline.core.errors import ConfigError
+    from pipeline.data.prepare import run as prepare
+    from pipeline.ops.sweep import check_dataset_claim
+    from tests.conftest import tiny_overrides
+
+    first = compose_config(tiny_overrides(tmp_path))
+    prepare(first)
+    prepared = Path(first.paths.prepared)
+    check_dataset_claim(first, prepared)  # the first job claims the dataset
+    check_dataset_claim(compose_config([*tiny_overrides(tmp_path), "train.lr0=0.02"]), prepared)
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"this job sets {key}.*one sweep per dataset"):
+        check_dataset_claim(compose_config([*tiny_overrides(tmp_path), override]), prepared)

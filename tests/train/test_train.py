@@ -153,7 +153,17 @@ def test_torchrun_command_per_hardware_profile(hardware, gpus):
     command = torchrun_command(compose_config([f"hardware={hardware}"]).hardware, 2, 1, "10.0.0.1")
     assert command[:2] == ["torchrun", "--nnodes=2"]
     assert f"--nproc-per-node={gpus}" in command and "--node-rank=1" in command
-    assert command[-3:] == ["-m", "pipeline", "train"]
+    assert command[-4:] == ["-m", "pipeline", "train", "--params=params.yaml"]
+
+
+def test_launch_passes_the_params_file_to_every_node(tmp_path, capsys):
+    from pipeline.train.launch import main as launch_main
+
+    params = write_params(tmp_path / "cluster.yaml", ["hardware=dgx_spark"])
+    arguments = ["--params", str(params), "--nnodes", "2", "--node-rank", "1", "--master-addr", "h"]
+    assert launch_main(arguments) == 0
+    printed = capsys.readouterr().out.split()
+    assert "--nproc-per-node=8" in printed and printed[-1] == f"--params={params}"
 
 
 def test_torchrun_refuses_a_cpu_profile():
