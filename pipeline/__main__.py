@@ -20,6 +20,7 @@ COMMANDS = {
     "launch": ("pipeline.train.launch", "print (or run) the torchrun command for multi-node training"),
     "deploy": ("pipeline.deploy.device", "on the target device: build and check a TensorRT engine"),
     "retrain": ("pipeline.ops.retrain", "scheduled retraining with champion/challenger promotion"),
+    "audit": ("pipeline.evaluate.audit", "likely label errors on val/test, and a review page for fixes"),
     "rollback": ("pipeline.ops.retrain", "point the registry's champion alias back to the previous one"),
 }
 
