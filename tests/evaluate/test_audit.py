@@ -185,6 +185,8 @@ def test_review_page_saves_accept_and_reject_decisions(tmp_path, browser):
 
 
 def test_audit_command_on_the_tiny_project(project, tmp_path):
+    from mlflow import MlflowClient
+
     from pipeline.__main__ import main
 
     out = tmp_path / "audit"
@@ -199,6 +201,12 @@ def test_audit_command_on_the_tiny_project(project, tmp_path):
     page = (out / PAGE_FILE).read_text()
     embedded = page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
     cards = json.loads(embedded)["cards"]
+    run_id = json.loads((project.train_report / "run.json").read_text())["run_id"]
+    logged = MlflowClient(project.tracking_uri).get_run(run_id)
+    assert logged.data.metrics["audit/val/issues"] == len(issues)
+    assert "audit/index.html" in {
+        a.path for a in MlflowClient(project.tracking_uri).list_artifacts(run_id, "audit")
+    }
     assert [(c["image"], c["kind"], c["score"]) for c in cards] == [
         (i["image"], i["kind"], i["score"]) for i in issues
     ]
