@@ -6,7 +6,9 @@ module compares those predictions with the labels and scores every box: an **ove
 class on a label box), a **badly located** box (the same class predicted at a different place).
 cleanlab has no score for a **spurious** label (a box on nothing), so this module adds one: the
 highest confidence of any prediction overlapping the box. Every score is a label quality in [0, 1]:
-low means the label is probably wrong; the list is ranked lowest first.
+low means the label is probably wrong; the list is ranked lowest first, spurious labels last: unless
+the model finds nearly every object, "the model sees nothing there" is mostly the model's own miss,
+which is weaker evidence than a confident prediction contradicting a label.
 
 Outputs in `reports/audit/`: issues.json (the ranked list) and index.html (the review page, whose
 accept/reject buttons save corrections.json for `prepare` to apply; see pipeline/data/corrections.py).
@@ -39,6 +41,7 @@ PREDICT_IOU = 0.7
 MAX_SCORE = 0.5  # report boxes whose label quality is below this
 SPURIOUS_IOU = 0.3  # a prediction this close to a label box counts as "the model sees something there"
 SPURIOUS_CONF = 0.5  # cleanlab's low-probability threshold: weaker predictions do not vouch for a label
+HIGH_CONFIDENCE = 0.95  # cleanlab's default: a prediction this sure testifies to an overlooked or swapped box
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,9 @@ def find_issues(
     detections: Sequence[Detections],
     num_classes: int,
     max_score: float = MAX_SCORE,
+    high_confidence: float = HIGH_CONFIDENCE,
 ) -> list[Issue]:
-    """Every box whose label quality is under `max_score`, worst first."""
+    """Every box whose label quality is under `max_score`, worst first (spurious labels last)."""
     from cleanlab.object_detection.rank import (
         compute_badloc_box_scores,
         compute_overlooked_box_scores,
@@ -116,8 +120,12 @@ def find_issues(
 
     given, predicted = cleanlab_labels(labels), cleanlab_predictions(detections, num_classes)
     per_box = {
-        "overlooked": compute_overlooked_box_scores(labels=given, predictions=predicted),
-        "swapped": compute_swap_box_scores(labels=given, predictions=predicted),
+        "overlooked": compute_overlooked_box_scores(
+            labels=given, predictions=predicted, high_probability_threshold=high_confidence
+        ),
+        "swapped": compute_swap_box_scores(
+            labels=given, predictions=predicted, high_probability_threshold=high_confidence
+        ),
         "badly_located": compute_badloc_box_scores(labels=given, predictions=predicted),
     }
     image_quality = get_label_quality_scores(given, predicted, verbose=False)
@@ -125,7 +133,7 @@ def find_issues(
     for i, (item, found) in enumerate(zip(labels, detections, strict=True)):
         scores = {kind: per_box[kind][i] for kind in per_box} | {"spurious": spurious_scores(item, found)}
         issues += image_issues(item, found, scores, float(image_quality[i]), max_score)
-    return sorted(issues, key=lambda issue: issue.score)
+    return sorted(issues, key=lambda issue: (issue.kind == "spurious", issue.score))
 
 
 def spurious_scores(item: ImageLabels, found: Detections) -> np.ndarray:
@@ -209,13 +217,19 @@ def predict_split(weights: Path, images: Sequence[Path], threads: int) -> list[D
 
 
 def audit(
-    prepared: Path, weights: Path, split: str, out: Path, max_score: float, threads: int
+    prepared: Path,
+    weights: Path,
+    split: str,
+    out: Path,
+    max_score: float = MAX_SCORE,
+    high_confidence: float = HIGH_CONFIDENCE,
+    threads: int = 1,
 ) -> list[Issue]:
     names = read_model_info(require_weights(weights)).names
     samples = read_split(prepared, split, needed_for="audit")
     detections = predict_split(weights, [s.image for s in samples], threads)
     labels = [pixel_labels(str(s.image), s.labels, *image_shape(s.image)) for s in samples]
-    issues = find_issues(labels, detections, len(names), max_score)
+    issues = find_issues(labels, detections, len(names), max_score, high_confidence)
     write_json(out / ISSUES_FILE, [asdict(issue) for issue in issues])
     write_review_page(out, issues, labels, detections, names, KINDS)
     return issues
@@ -246,6 +260,13 @@ def parser(prog: str) -> argparse.ArgumentParser:
         default=MAX_SCORE,
         help=f"report boxes with label quality below this ({MAX_SCORE})",
     )
+    p.add_argument(
+        "--high-confidence",
+        type=float,
+        default=HIGH_CONFIDENCE,
+        help="confidence a prediction needs to call a box overlooked or swapped "
+        f"(cleanlab's default: {HIGH_CONFIDENCE}); lower it for a model that is rarely this sure",
+    )
     return p
 
 
@@ -269,7 +290,13 @@ def main(argv: list[str], prog: str = "python -m pipeline audit", command: str =
     cfg = load_params(args.params)
     weights = Path(cfg.paths.train) / "weights" / "best.pt"
     issues = audit(
-        Path(cfg.paths.prepared), weights, args.split, args.out, args.max_score, os.cpu_count() or 1
+        Path(cfg.paths.prepared),
+        weights,
+        args.split,
+        args.out,
+        args.max_score,
+        args.high_confidence,
+        os.cpu_count() or 1,
     )
     found = counts(issues)
     with tracking.stage_run(cfg):
