@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import write_text
-from pipeline.evaluate.audit import HIGH_CONFIDENCE, Issue, audit, iou_matrix
+from pipeline.evaluate.audit import HIGH_CONFIDENCE, LOW_CONFIDENCE, Issue, audit, iou_matrix
 from pipeline.model.scoring import image_shape, label_path, read_labels
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "thermal_dogs_people"
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=6, help="errors planted of each kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--high-confidence", type=float, default=HIGH_CONFIDENCE, help="as audit's option")
+    parser.add_argument("--low-confidence", type=float, default=LOW_CONFIDENCE, help="as audit's option")
     parser.add_argument("--workdir", type=Path, help="keep the data and model here; a rerun reuses the model")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="benchmark-audit-") as scratch:
@@ -134,7 +135,8 @@ def main() -> None:
         for cache in (root / "labels").glob("*.cache"):
             cache.unlink()
         planted = plant(root, args.per_kind, args.seed)
-        issues = audit(root, weights, "val", Path(scratch) / "audit", 1.0, args.high_confidence, threads=2)
+        thresholds = (args.high_confidence, args.low_confidence)
+        issues = audit(root, weights, "val", Path(scratch) / "audit", 1.0, *thresholds, threads=2)
     print(f"planted {len(planted)} errors ({args.per_kind} per kind) in the held-out images {HELD_OUT}")
     precision, recall, by_kind = score(issues, planted)
     print(f"top {len(planted)}: precision {precision:.2f}, recall {recall:.2f}; found by kind {by_kind}")

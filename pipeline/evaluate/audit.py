@@ -40,8 +40,8 @@ PREDICT_CONF = 0.01  # keep weak predictions: a spurious label is one that not e
 PREDICT_IOU = 0.7
 MAX_SCORE = 0.5  # report boxes whose label quality is below this
 SPURIOUS_IOU = 0.3  # a prediction this close to a label box counts as "the model sees something there"
-SPURIOUS_CONF = 0.5  # cleanlab's low-probability threshold: weaker predictions do not vouch for a label
 HIGH_CONFIDENCE = 0.95  # cleanlab's default: a prediction this sure testifies to an overlooked or swapped box
+LOW_CONFIDENCE = 0.5  # cleanlab's default: weaker predictions say nothing about a labelled box
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ def find_issues(
     num_classes: int,
     max_score: float = MAX_SCORE,
     high_confidence: float = HIGH_CONFIDENCE,
+    low_confidence: float = LOW_CONFIDENCE,
 ) -> list[Issue]:
     """Every box whose label quality is under `max_score`, worst first (spurious labels last)."""
     from cleanlab.object_detection.rank import (
@@ -126,13 +127,15 @@ def find_issues(
         "swapped": compute_swap_box_scores(
             labels=given, predictions=predicted, high_probability_threshold=high_confidence
         ),
-        "badly_located": compute_badloc_box_scores(labels=given, predictions=predicted),
+        "badly_located": compute_badloc_box_scores(
+            labels=given, predictions=predicted, low_probability_threshold=low_confidence
+        ),
     }
     image_quality = get_label_quality_scores(given, predicted, verbose=False)
     issues = []
     for i, (item, found) in enumerate(zip(labels, detections, strict=True)):
         scores = {kind: per_box[kind][i] for kind in per_box} | {"spurious": spurious_scores(item, found)}
-        issues += image_issues(item, found, scores, float(image_quality[i]), max_score)
+        issues += image_issues(item, found, scores, float(image_quality[i]), max_score, low_confidence)
     return sorted(issues, key=lambda issue: (issue.kind == "spurious", issue.score))
 
 
@@ -143,13 +146,19 @@ def spurious_scores(item: ImageLabels, found: Detections) -> np.ndarray:
 
 
 def image_issues(
-    item: ImageLabels, found: Detections, scores: dict[str, np.ndarray], quality: float, max_score: float
+    item: ImageLabels,
+    found: Detections,
+    scores: dict[str, np.ndarray],
+    quality: float,
+    max_score: float,
+    low_confidence: float,
 ) -> list[Issue]:
+    """A spurious label is one no prediction above `low_confidence` vouches for."""
     ious = iou_matrix(item.boxes, found.boxes)
     issues = []
     for kind, values in scores.items():
         for j in np.flatnonzero(np.nan_to_num(values, nan=1.0) < max_score):
-            if kind == "spurious" and values[j] >= SPURIOUS_CONF:
+            if kind == "spurious" and values[j] >= low_confidence:
                 continue
             issues.append(make_issue(item, found, ious, kind, int(j), float(values[j]), quality))
     return issues
@@ -223,13 +232,14 @@ def audit(
     out: Path,
     max_score: float = MAX_SCORE,
     high_confidence: float = HIGH_CONFIDENCE,
+    low_confidence: float = LOW_CONFIDENCE,
     threads: int = 1,
 ) -> list[Issue]:
     names = read_model_info(require_weights(weights)).names
     samples = read_split(prepared, split, needed_for="audit")
     detections = predict_split(weights, [s.image for s in samples], threads)
     labels = [pixel_labels(str(s.image), s.labels, *image_shape(s.image)) for s in samples]
-    issues = find_issues(labels, detections, len(names), max_score, high_confidence)
+    issues = find_issues(labels, detections, len(names), max_score, high_confidence, low_confidence)
     write_json(out / ISSUES_FILE, [asdict(issue) for issue in issues])
     write_review_page(out, issues, labels, detections, names, KINDS)
     return issues
@@ -267,6 +277,13 @@ def parser(prog: str) -> argparse.ArgumentParser:
         help="confidence a prediction needs to call a box overlooked or swapped "
         f"(cleanlab's default: {HIGH_CONFIDENCE}); lower it for a model that is rarely this sure",
     )
+    p.add_argument(
+        "--low-confidence",
+        type=float,
+        default=LOW_CONFIDENCE,
+        help="confidence below which a prediction says nothing about a box's place "
+        f"(cleanlab's default: {LOW_CONFIDENCE})",
+    )
     return p
 
 
@@ -296,6 +313,7 @@ def main(argv: list[str], prog: str = "python -m pipeline audit", command: str =
         args.out,
         args.max_score,
         args.high_confidence,
+        args.low_confidence,
         os.cpu_count() or 1,
     )
     found = counts(issues)
