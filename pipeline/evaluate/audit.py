@@ -1,0 +1,325 @@
+"""`python -m pipeline audit`: likely label errors, found by the trained model and cleanlab's ObjectLab.
+
+The model predicts on a split it did not train on (val by default); cleanlab's object-detection
+module compares those predictions with the labels and scores every box: an **overlooked** object
+(a confident prediction no label covers), a **swapped** class (a confident prediction of another
+class on a label box), a **badly located** box (the same class predicted at a different place).
+cleanlab has no score for a **spurious** label (a box on nothing), so this module adds one: the
+highest confidence of any prediction overlapping the box. Every score is a label quality in [0, 1]:
+low means the label is probably wrong; the list is ranked lowest first, spurious labels last: unless
+the model finds nearly every object, "the model sees nothing there" is mostly the model's own miss,
+which is weaker evidence than a confident prediction contradicting a label.
+
+Outputs in `reports/audit/`: issues.json (the ranked list) and index.html (the review page, whose
+accept/reject buttons save corrections.json for `prepare` to apply; see pipeline/data/corrections.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.cli import stage_parser
+from pipeline.core.config import load_params
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import write_json
+from pipeline.evaluate.review_page import write_review_page
+from pipeline.model.inference import PREDICT_CHUNK, Detections, load_image, open_runner, predict
+from pipeline.model.info import read_model_info, require_weights
+from pipeline.model.scoring import image_shape, read_split
+
+AUDIT_DIR = Path("reports/audit")
+ISSUES_FILE = "issues.json"
+KINDS = ("overlooked", "swapped", "badly_located", "spurious")
+PREDICT_CONF = 0.01  # keep weak predictions: a spurious label is one that not even a weak box covers
+PREDICT_IOU = 0.7
+MAX_SCORE = 0.5  # report boxes whose label quality is below this
+SPURIOUS_IOU = 0.3  # a prediction this close to a label box counts as "the model sees something there"
+HIGH_CONFIDENCE = 0.95  # cleanlab's default: a prediction this sure testifies to an overlooked or swapped box
+LOW_CONFIDENCE = 0.5  # cleanlab's default: weaker predictions say nothing about a labelled box
+
+
+@dataclass(frozen=True)
+class ImageLabels:
+    image: str
+    classes: np.ndarray  # (N,) int
+    boxes: np.ndarray  # (N, 4) x1 y1 x2 y2 pixels
+
+
+@dataclass(frozen=True)
+class Issue:
+    image: str
+    kind: str
+    score: float  # label quality in [0, 1]: lower is more likely wrong
+    image_quality: float  # cleanlab's score for the whole image
+    label_index: int | None  # row of the image's label file; None for an overlooked object
+    label_class: int | None
+    label_box: list[float] | None  # x1 y1 x2 y2 pixels
+    predicted_class: int | None  # None for a spurious label
+    predicted_box: list[float] | None
+    confidence: float | None
+
+
+# ---- cleanlab's formats ----------------------------------------------------------------------------
+
+
+def cleanlab_labels(labels: Sequence[ImageLabels]) -> list[dict]:
+    return [
+        {
+            "bboxes": np.asarray(item.boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": item.classes.astype(int),
+        }
+        for item in labels
+    ]
+
+
+def cleanlab_predictions(detections: Sequence[Detections], num_classes: int) -> list[list[np.ndarray]]:
+    """One (M, 5) array per class (x1 y1 x2 y2 confidence), as cleanlab takes detector output."""
+    return [
+        [
+            np.hstack([d.boxes[d.classes == k], d.scores[d.classes == k, None]])
+            .astype(np.float32)
+            .reshape(-1, 5)
+            for k in range(num_classes)
+        ]
+        for d in detections
+    ]
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection over union of x1 y1 x2 y2 boxes."""
+    a, b = a.reshape(-1, 4)[:, None], b.reshape(-1, 4)[None]
+    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+# ---- ranking ---------------------------------------------------------------------------------------
+
+
+def find_issues(
+    labels: Sequence[ImageLabels],
+    detections: Sequence[Detections],
+    num_classes: int,
+    max_score: float = MAX_SCORE,
+    high_confidence: float = HIGH_CONFIDENCE,
+    low_confidence: float = LOW_CONFIDENCE,
+) -> list[Issue]:
+    """Every box whose label quality is under `max_score`, worst first (spurious labels last)."""
+    from cleanlab.object_detection.rank import (
+        compute_badloc_box_scores,
+        compute_overlooked_box_scores,
+        compute_swap_box_scores,
+        get_label_quality_scores,
+    )
+
+    given, predicted = cleanlab_labels(labels), cleanlab_predictions(detections, num_classes)
+    per_box = {
+        "overlooked": compute_overlooked_box_scores(
+            labels=given, predictions=predicted, high_probability_threshold=high_confidence
+        ),
+        "swapped": compute_swap_box_scores(
+            labels=given, predictions=predicted, high_probability_threshold=high_confidence
+        ),
+        "badly_located": compute_badloc_box_scores(
+            labels=given, predictions=predicted, low_probability_threshold=low_confidence
+        ),
+    }
+    image_quality = get_label_quality_scores(given, predicted, verbose=False)
+    issues = []
+    for i, (item, found) in enumerate(zip(labels, detections, strict=True)):
+        scores = {kind: per_box[kind][i] for kind in per_box} | {"spurious": spurious_scores(item, found)}
+        issues += image_issues(item, found, scores, float(image_quality[i]), max_score, low_confidence)
+    return sorted(issues, key=lambda issue: (issue.kind == "spurious", issue.score))
+
+
+def spurious_scores(item: ImageLabels, found: Detections) -> np.ndarray:
+    """Per label box: the confidence of the strongest prediction (any class) on it; 0 where none is."""
+    overlap = iou_matrix(item.boxes, found.boxes) >= SPURIOUS_IOU
+    return np.where(overlap, found.scores[None], 0.0).max(axis=1, initial=0.0)
+
+
+def image_issues(
+    item: ImageLabels,
+    found: Detections,
+    scores: dict[str, np.ndarray],
+    quality: float,
+    max_score: float,
+    low_confidence: float,
+) -> list[Issue]:
+    """A spurious label is one no prediction above `low_confidence` vouches for."""
+    ious = iou_matrix(item.boxes, found.boxes)
+    issues = []
+    for kind, values in scores.items():
+        for j in np.flatnonzero(np.nan_to_num(values, nan=1.0) < max_score):
+            if kind == "spurious" and values[j] >= low_confidence:
+                continue
+            issues.append(make_issue(item, found, ious, kind, int(j), float(values[j]), quality))
+    return issues
+
+
+def make_issue(
+    item: ImageLabels, found: Detections, ious: np.ndarray, kind: str, j: int, score: float, quality: float
+) -> Issue:
+    """`j` is a prediction for an overlooked object and a label box for the other kinds."""
+    if kind == "overlooked":
+        label, pred = None, j
+    else:
+        label, pred = j, partner(item, found, ious, kind, j)
+    box = lambda boxes, k: None if k is None else [round(float(v), 2) for v in boxes[k]]  # noqa: E731
+    return Issue(
+        image=item.image,
+        kind=kind,
+        score=round(score, 5),
+        image_quality=round(quality, 5),
+        label_index=label,
+        label_class=None if label is None else int(item.classes[label]),
+        label_box=box(item.boxes, label),
+        predicted_class=None if pred is None else int(found.classes[pred]),
+        predicted_box=box(found.boxes, pred),
+        confidence=None if pred is None else round(float(found.scores[pred]), 4),
+    )
+
+
+def partner(item: ImageLabels, found: Detections, ious: np.ndarray, kind: str, j: int) -> int | None:
+    """The prediction that testifies against label box `j`: the most confident overlapping one of the
+    other class (swapped) or of the same class (badly located); none for a spurious label."""
+    if kind == "spurious" or not len(found.scores):
+        return None
+    same = found.classes == item.classes[j]
+    candidates = (~same if kind == "swapped" else same) & (ious[j] > 0)
+    if not candidates.any():
+        return None
+    return int(np.argmax(np.where(candidates, found.scores * ious[j], -1.0)))
+
+
+# ---- the split on disk -----------------------------------------------------------------------------
+
+
+def pixel_labels(image: str, labels: np.ndarray, height: int, width: int) -> ImageLabels:
+    """YOLO rows (class cx cy w h normalised) to pixel corners."""
+    cls, cx, cy, w, h = (labels[:, i] for i in range(5))
+    boxes = np.stack(
+        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], 1
+    )
+    return ImageLabels(image, cls.astype(int), boxes.reshape(-1, 4))
+
+
+def predict_split(weights: Path, images: Sequence[Path], threads: int) -> list[Detections]:
+    from tqdm import tqdm
+
+    info = read_model_info(weights)
+    runner = open_runner(weights, threads)
+    detections: list[Detections] = []
+    with tqdm(total=len(images), desc="audit: predicting", unit="image") as bar:
+        for start in range(0, len(images), PREDICT_CHUNK):
+            part = [load_image(p, info.channels) for p in images[start : start + PREDICT_CHUNK]]
+            detections += predict(runner, part, info, PREDICT_CONF, PREDICT_IOU, multi_label=False)
+            bar.update(len(part))
+    return detections
+
+
+def audit(
+    prepared: Path,
+    weights: Path,
+    split: str,
+    out: Path,
+    max_score: float = MAX_SCORE,
+    high_confidence: float = HIGH_CONFIDENCE,
+    low_confidence: float = LOW_CONFIDENCE,
+    threads: int = 1,
+) -> list[Issue]:
+    names = read_model_info(require_weights(weights)).names
+    samples = read_split(prepared, split, needed_for="audit")
+    detections = predict_split(weights, [s.image for s in samples], threads)
+    labels = [pixel_labels(str(s.image), s.labels, *image_shape(s.image)) for s in samples]
+    issues = find_issues(labels, detections, len(names), max_score, high_confidence, low_confidence)
+    write_json(out / ISSUES_FILE, [asdict(issue) for issue in issues])
+    write_review_page(out, issues, labels, detections, names, KINDS)
+    return issues
+
+
+def counts(issues: Sequence[Issue]) -> dict[str, int]:
+    return {kind: sum(issue.kind == kind for issue in issues) for kind in KINDS}
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = stage_parser(
+        prog,
+        "Rank likely label errors on a split the model did not train on: overlooked objects, swapped "
+        f"classes, badly located boxes, spurious labels (cleanlab's ObjectLab scores). Writes "
+        f"{AUDIT_DIR / ISSUES_FILE} (worst first) and {AUDIT_DIR / 'index.html'}, a review page whose "
+        "accept/reject buttons save corrections.json for the next prepare (data.corrections).",
+    )
+    p.add_argument(
+        "--split", choices=("val", "test", "train"), default="val", help="split to audit (default: val)"
+    )
+    p.add_argument(
+        "--folds", type=int, default=None, help="train split only: K out-of-fold models (not implemented yet)"
+    )
+    p.add_argument("--out", type=Path, default=AUDIT_DIR, help=f"output folder (default: {AUDIT_DIR})")
+    p.add_argument(
+        "--max-score",
+        type=float,
+        default=MAX_SCORE,
+        help=f"report boxes with label quality below this ({MAX_SCORE})",
+    )
+    p.add_argument(
+        "--high-confidence",
+        type=float,
+        default=HIGH_CONFIDENCE,
+        help="confidence a prediction needs to call a box overlooked or swapped "
+        f"(cleanlab's default: {HIGH_CONFIDENCE}); lower it for a model that is rarely this sure",
+    )
+    p.add_argument(
+        "--low-confidence",
+        type=float,
+        default=LOW_CONFIDENCE,
+        help="confidence below which a prediction says nothing about a box's place "
+        f"(cleanlab's default: {LOW_CONFIDENCE})",
+    )
+    return p
+
+
+def refuse_train(split: str, folds: int | None) -> None:
+    if split == "train" and folds is None:
+        raise ConfigError(
+            "--split train: the model trained on these images, so its scores would not be honest; "
+            "audit val or test, or pass --folds K for out-of-fold models"
+        )
+    if folds is not None:
+        raise ConfigError(f"--folds {folds}: out-of-fold auditing of the train split is not implemented yet")
+
+
+def main(argv: list[str], prog: str = "python -m pipeline audit", command: str = "audit") -> int:
+    import mlflow
+
+    from pipeline.core import tracking
+
+    args = parser(prog).parse_args(argv)
+    refuse_train(args.split, args.folds)
+    cfg = load_params(args.params)
+    weights = Path(cfg.paths.train) / "weights" / "best.pt"
+    issues = audit(
+        Path(cfg.paths.prepared),
+        weights,
+        args.split,
+        args.out,
+        args.max_score,
+        args.high_confidence,
+        args.low_confidence,
+        os.cpu_count() or 1,
+    )
+    found = counts(issues)
+    with tracking.stage_run(cfg):
+        tracking.log_metrics(found | {"issues": len(issues)}, prefix=f"audit/{args.split}/")
+        mlflow.log_artifacts(str(args.out), artifact_path="audit")
+    summary = ", ".join(f"{n} {kind}" for kind, n in found.items())
+    print(f"{args.split}: {len(issues)} likely label issue(s) ({summary}); review {args.out / 'index.html'}")
+    return 0
