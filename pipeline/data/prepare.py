@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,6 +33,7 @@ from pipeline.core.config import (
     PipelineConfig,
     SplitConfig,
 )
+from pipeline.data.corrections import apply_corrections, read_corrections
 from pipeline.data.frames import POOL, Context, Item, dataset_range, decide_frame, decode, stage_image
 from pipeline.data.readers import Entry, Source, read_source
 from pipeline.data.split import assign_splits, check_duplicates, split_history
@@ -56,7 +58,7 @@ def run(cfg: PipelineConfig) -> PrepareResult:
     out = Path(cfg.paths.prepared)
     with staging(out) as stage:
         context = Context(cfg, classes, log, stage / "images" / POOL, dataset_range(source, data.normalize))
-        items = ingest(source, context)
+        items = corrected(ingest(source, context), data.corrections)
         items, mode = assign_splits(items, source, data.split, cfg.seed)
         assigned = {item.key: item.split for item in items}
         items = check_duplicates(
@@ -92,6 +94,14 @@ def describe(result: PrepareResult, seconds: float) -> str:
 
 
 # ---- ingest: one image at a time ---------------------------------------------------------------
+
+
+def corrected(items: list[Item], corrections: str | None) -> list[Item]:
+    """The audit's accepted fixes applied to the labels read (the source files stay as they are)."""
+    if not corrections:
+        return items
+    fixes = read_corrections(Path(corrections))
+    return [replace(item, boxes=apply_corrections(item.name, item.boxes, fixes)) for item in items]
 
 
 def ingest(source: Source, context: Context) -> list[Item]:
