@@ -303,6 +303,7 @@ class DataConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     coco: CocoConfig = field(default_factory=CocoConfig)
     voc: VocConfig = field(default_factory=VocConfig)
+    allow_outside_paths: bool = False  # image paths/symlinks that leave data.path are errors unless true
 
     def __post_init__(self) -> None:
         _require(self.format in DATA_FORMATS, "data.format", self.format, f"one of {DATA_FORMATS}")
