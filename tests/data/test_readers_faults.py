@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.core.config import DataConfig
+from pipeline.core.config import FINDING_ACTIONS, DataConfig
 from pipeline.core.errors import DataError
 from pipeline.data.labels import read_labels
 from pipeline.data.readers import read_source
+from pipeline.data.validation import policy_choices
 
 
 def image(path: Path) -> Path:
@@ -83,3 +84,14 @@ def test_bom_and_crlf_label_files_read_as_plain_ones(tmp_path):
     table = read_labels([str(label)], num_classes=3)  # analyze's fast reader
     assert table.classes.tolist() == [2, 1]
     assert table.boxes[1].tolist() == [0.3, 0.3, 0.1, 0.1]
+
+
+def test_policy_choices_offer_only_accepted_actions_and_the_fix_that_keeps_boxes():
+    advice = policy_choices(["class_out_of_range", "unknown_class", "orphan_label"])
+    assert "data.validation.policy.class_out_of_range=drop;" in advice  # warn is refused for this kind
+    assert "unknown_class: add the class to classes.names or map it" in advice
+    assert "data.class_map" in advice and "policy.unknown_class=drop" in advice
+    assert "data.validation.policy.orphan_label=warn" in advice
+    for kind, accepted in FINDING_ACTIONS.items():
+        offered = policy_choices([kind]).rsplit("=", 1)[1].split("|")
+        assert set(offered) <= set(accepted) - {"error"}
