@@ -6,6 +6,7 @@ so `python -m pipeline compose [overrides...]` is the project's way to refresh p
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,41 @@ def compose_raw(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Dic
         with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
             return compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot compose {conf_dir} with {list(overrides)}: {exc}") from None
+        advice = misspelling_advice(overrides, conf_dir) if "Could not override" in str(exc) else ""
+        raise ConfigError(advice or f"cannot compose {conf_dir} with {list(overrides)}: {exc}") from None
     finally:
         GlobalHydra.instance().hydra = running_app
+
+
+def misspelling_advice(overrides: Sequence[str], conf_dir: Path) -> str:
+    """'did you mean train.epochs' for an override key conf/ lacks: Hydra's own advice, `+trian.epochs`,
+    would add a key nothing reads. Empty when no key is unknown (the failure is something else)."""
+    choices = [o for o in overrides if "." not in o.partition("=")[0]]  # data=coco_json brings its keys
+    known = dotted_keys(OmegaConf.to_container(compose_raw(choices, conf_dir), resolve=False))
+    advice = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if value and not key.startswith(("+", "~")) and key not in known and not under_a_leaf(key, known):
+            close = difflib.get_close_matches(key, known, n=1)
+            fix = f"did you mean {close[0]}={value}?" if close else "see conf/ for the keys"
+            advice.append(f"override {override!r}: {key} is not a key of {conf_dir}; {fix}")
+    return "; ".join(advice)
+
+
+def under_a_leaf(key: str, known: list[str]) -> bool:
+    """`data.coco.files.train` below `data.coco.files: {}`: a new entry of a mapping, not a misspelling."""
+    parents = [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)]
+    return any(p in known and not any(k.startswith(p + ".") for k in known) for p in parents)
+
+
+def dotted_keys(tree: Any, prefix: str = "") -> list[str]:
+    """Every key of a nested mapping, dotted (`train.epochs`), parents included."""
+    if not isinstance(tree, dict):
+        return []
+    keys = []
+    for name, value in tree.items():
+        keys += [f"{prefix}{name}", *dotted_keys(value, f"{prefix}{name}.")]
+    return keys
 
 
 def compose_config(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> PipelineConfig:

@@ -308,6 +308,7 @@ class DataConfig:
     split: SplitConfig
     normalize: NormalizeConfig
     validation: ValidationConfig
+    allow_outside_paths: bool  # data.yaml splits, image lists and symlinks may leave data.path
     corrections: str | None  # audit's corrections.json, applied to the labels at prepare
     # The reader's own section, present for its format only (None is "absent", not a default: the
     # values live in conf/data/<entry>.yaml).

@@ -242,6 +242,17 @@ def pick_models(configs: list[dict[str, Any]], scale: str, family: str | None, p
     ]
 
 
+def p2_within_family(reason: str, configs: list[dict[str, Any]], scale: str, family: str) -> tuple[bool, str]:
+    """A P2 head only where the recommended family has a P2 config (conf/model/*-p2.yaml) at this
+    scale; otherwise no P2, and the reason names the families that have one."""
+    own = pick_models(configs, scale, family, True)
+    if own:
+        return True, f"{reason}; configs: {', '.join(f'model={n}' for n in own)}"
+    others = pick_models(configs, scale, None, True)
+    elsewhere = ", ".join(f"model={n}" for n in others) or "none at this scale"
+    return False, f"{reason}, but {family} has no P2 config at scale {scale} (P2 configs: {elsewhere})"
+
+
 def recommend(
     cfg: PipelineConfig, facts: DatasetFacts, train: SplitStats, plan: Plan, configs: list[dict[str, Any]]
 ) -> tuple[Decision, ...]:
@@ -251,8 +262,7 @@ def recommend(
     scale, scale_reason = rules.scale_rule(facts.train_images, cfg.hardware.max_scale, cfg.hardware.name)
     p2, p2_reason = rules.p2_head_rule(train.fraction_tiny, train.fraction_small, imgsz, platform)
     if p2:
-        options = pick_models(configs, scale, None, True)
-        p2_reason += f"; configs: {', '.join(f'model={n}' for n in options) or 'none at this scale'}"
+        p2, p2_reason = p2_within_family(p2_reason, configs, scale, family)
     names = pick_models(configs, scale, family, False)
     model = names[0] if names else f"{family} scale {scale}"
     decisions = [

@@ -104,10 +104,13 @@ def decode(entry: Entry, log: FindingLog) -> Decoded | None:
     assert entry.image is not None  # readers give every entry a file or a frame
     try:
         data = entry.image.read_bytes()
-        image = pillow_open(io.BytesIO(data))
+        stream = io.BytesIO(data)
+        image = pillow_open(stream)
         image.load()  # decodes everything: a truncated file raises here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        log.report("unreadable_image", entry.key, None, f"cannot be decoded: {exc}")
+        # PIL names the in-memory stream it read from; the user needs the file
+        message = str(exc).replace(repr(stream), str(entry.image))
+        log.report("unreadable_image", entry.key, None, f"cannot be decoded: {message}")
         return None
     if image.format == "JPEG" and JPEG_END not in data[2:]:
         log.report("unreadable_image", entry.key, None, "truncated JPEG: no end-of-image marker")

@@ -10,6 +10,7 @@ the vectorised checks fail, so the error names the file, line and text.
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 from collections.abc import Sequence
@@ -190,7 +191,7 @@ def read_bytes(paths: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
             chunks.append(b"")
             continue
         try:
-            chunks.append(_read_all(fd))
+            chunks.append(_read_all(fd).removeprefix(codecs.BOM_UTF8))  # Windows editors write one
         finally:
             os.close(fd)
     return chunks, missing

@@ -21,7 +21,7 @@ from xml.parsers import expat
 import numpy as np
 import yaml
 
-from pipeline.core.config import CocoConfig, DataConfig, VocConfig
+from pipeline.core.config import SPLITS, CocoConfig, DataConfig, VocConfig
 from pipeline.core.errors import DataError
 from pipeline.data.validation import Finding
 
@@ -118,7 +118,8 @@ def read_synthetic(data: DataConfig) -> Source:
 def read_yolo(data: DataConfig, root: Path, target_names: list[str]) -> Source:
     yaml_file = root if root.is_file() else find_data_yaml(root)
     base = yaml_file.parent if yaml_file else root
-    names, split_dirs = read_data_yaml(yaml_file) if yaml_file else (None, {})
+    names, split_dirs = read_data_yaml(yaml_file, data.allow_outside_paths) if yaml_file else (None, {})
+    declared = set(split_dirs)  # a split the yaml names must hold images; a conventional folder may not
     for split, dirs in conventional_split_dirs(base).items():
         split_dirs.setdefault(split, dirs)  # a split the yaml leaves out (Roboflow's test)
     if not split_dirs:
@@ -126,7 +127,13 @@ def read_yolo(data: DataConfig, root: Path, target_names: list[str]) -> Source:
     names = names or read_name_file(base) or dict(enumerate(target_names))
     entries, label_files = [], set()
     for split, sources in split_dirs.items():
-        for image in list_images(sources):
+        images = list_images(sources, base, data.allow_outside_paths)
+        if not images and split in declared:
+            raise DataError(
+                f"{yaml_file}: {split}: declares the {split} split but {[str(s) for s in sources]} holds no "
+                f"images; point {split}: at the folder or list that holds them, or remove the key"
+            )
+        for image in images:
             entry = yolo_entry(image, base, split)
             entries.append(entry)
             label_files.add(label_path(image))
@@ -142,21 +149,39 @@ def find_data_yaml(root: Path) -> Path | None:
     return None
 
 
-def read_data_yaml(path: Path) -> tuple[dict[int, str] | None, dict[str | None, list[Path]]]:
+def load_data_yaml(path: Path) -> dict:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: not valid YAML ({exc}); fix the file or remove it") from None
+
+
+def read_data_yaml(
+    path: Path, allow_outside: bool
+) -> tuple[dict[int, str] | None, dict[str | None, list[Path]]]:
+    doc = load_data_yaml(path)
     base = path.parent / str(doc["path"]) if doc.get("path") else path.parent
     splits: dict[str | None, list[Path]] = {}
-    for key in ("train", "val", "test"):
+    for key in SPLITS:
         if doc.get(key):
             values = doc[key] if isinstance(doc[key], list) else [doc[key]]
-            splits[key] = [resolve_yaml_path(path, base, key, str(v)) for v in values]
+            splits[key] = [resolve_yaml_path(path, base, key, str(v), allow_outside) for v in values]
     return names_from(doc.get("names"), path), splits
 
 
-def resolve_yaml_path(yaml_file: Path, base: Path, key: str, value: str) -> Path:
+def refuse_outside(path: Path, root: Path, where: str, value: str, allow_outside: bool) -> Path:
+    """`path` resolved (symlinks followed); one that leaves the dataset folder `root` is an error, so
+    a stray `/etc` or `../../..` never brings foreign files into the dataset, unless the user says so."""
+    resolved = path.resolve()
+    if allow_outside or resolved.is_relative_to(root.resolve()):
+        return resolved
+    raise DataError(
+        f"{where}: {value!r} resolves to {resolved}, outside the dataset folder {root.resolve()}; "
+        f"move the files inside it, fix the path, or set data.allow_outside_paths=true to allow it"
+    )
+
+
+def resolve_yaml_path(yaml_file: Path, base: Path, key: str, value: str, allow_outside: bool) -> Path:
     candidate = base / value
     if not candidate.exists() and value.startswith("../"):
         candidate = base / value[3:]  # Roboflow writes ../train/images for a yolov5 checkout beside it
@@ -165,7 +190,7 @@ def resolve_yaml_path(yaml_file: Path, base: Path, key: str, value: str) -> Path
             f"{yaml_file}: {key}: {value!r} not found (looked at {base / value}); "
             f"fix the path (relative to the yaml's `path:` or its folder)"
         )
-    return candidate.resolve()
+    return refuse_outside(candidate, yaml_file.parent, f"{yaml_file}: {key}", value, allow_outside)
 
 
 def names_from(raw: Any, where: Path) -> dict[int, str] | None:
@@ -199,20 +224,25 @@ def flat_image_dir(base: Path) -> Path:
     return (base / "images") if (base / "images").is_dir() else base
 
 
-def list_images(sources: list[Path]) -> list[Path]:
+def list_images(sources: list[Path], base: Path, allow_outside: bool) -> list[Path]:
     images: list[Path] = []
     for source in sources:
         if source.is_file() and source.suffix == ".txt":
-            images += read_image_list(source)
+            images += read_image_list(source, base, allow_outside)
         else:
-            images += sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            images += [refuse_outside(p, base, str(p), p.name, allow_outside) for p in found]
     return images
 
 
-def read_image_list(path: Path) -> list[Path]:
+def read_image_list(path: Path, base: Path, allow_outside: bool) -> list[Path]:
     """An Ultralytics image list: one path a line, relative to the list's folder."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    return [(path.parent / line).resolve() for line in lines if line]
+    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    return [
+        refuse_outside(path.parent / line, base, f"{path}:{number}", line, allow_outside)
+        for number, line in enumerate(lines, start=1)
+        if line
+    ]
 
 
 def label_path(image: Path) -> Path:
@@ -233,7 +263,8 @@ def yolo_entry(image: Path, base: Path, split: str | None) -> Entry:
 
 
 def read_yolo_labels(path: Path) -> tuple[LabelRecord, ...]:
-    text = path.read_text(encoding="utf-8", errors="replace")  # undecodable bytes become bad lines
+    # utf-8-sig: a BOM (Windows editors) is not part of the first class id; splitlines takes CRLF
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # undecodable bytes become bad lines
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()

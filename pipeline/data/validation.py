@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.core.config import PolicyConfig, ValidationConfig
+from pipeline.core.config import FINDING_ACTIONS, PolicyConfig, ValidationConfig
 
 if TYPE_CHECKING:
     from pipeline.data.readers import Entry, LabelRecord
@@ -396,6 +396,26 @@ def split_table(splits: dict[str, dict[str, Any]]) -> list[str]:
         per_class = " | ".join(str(c["per_class"][n]) for n in names)
         lines.append(f"| {split} | {c['images']} | {c['backgrounds']} | {c['boxes']} | {per_class} |")
     return lines
+
+
+# The fix that keeps the boxes, offered before the policy actions (which would delete them).
+KEEPING_FIXES = {
+    "unknown_class": "add the class to classes.names or map it: -S '+data.class_map.<name>=<target>'",
+    "class_out_of_range": "add the missing classes to classes.names or fix the ids",
+}
+
+
+def policy_choices(kinds: Iterable[str]) -> str:
+    """What the user can do about error findings of `kinds`: the fix that keeps the data where there is
+    one, then only the policy actions that kind accepts (FINDING_ACTIONS), so no advice is refused."""
+    advice = []
+    for kind in sorted(set(kinds)):
+        accepted = "|".join(action for action in FINDING_ACTIONS[kind] if action != "error")
+        policy = f"data.validation.policy.{kind}={accepted}"
+        advice.append(
+            f"{kind}: {KEEPING_FIXES[kind]}, or {policy}" if kind in KEEPING_FIXES else f"{kind}: {policy}"
+        )
+    return "; ".join(advice)
 
 
 def first_errors(log: FindingLog, limit: int = 3) -> str:

@@ -27,6 +27,7 @@ from pipeline.data.frames import POOL, Context, Item
 from pipeline.data.validation import (
     FindingLog,
     first_errors,
+    policy_choices,
     render_markdown,
     report_payload,
 )
@@ -220,7 +221,7 @@ def failure_message(log: FindingLog, empty: list[str], out: Path, kept: bool) ->
     ]
     if errors:
         parts.append(f"{len(errors)} finding(s) whose policy is error ({kinds}). First: {first_errors(log)}.")
-        parts.append("Fix the data, or choose another action: data.validation.policy.<kind>=drop|fix|warn.")
+        parts.append(f"Fix the data, or: {policy_choices(r.finding.kind for r in errors)}.")
     if empty:
         parts.append(f"The {' and '.join(empty)} split is empty after validation: add data or re-split.")
     return " ".join(parts)
