@@ -27,8 +27,10 @@ from pipeline.core.lineage import package_versions
 from pipeline.model.inference import FORMAT_SUFFIXES, Runner, open_runner
 from pipeline.model.info import ModelInfo, file_sha256, read_model_info, require_weights
 from pipeline.model.parity import Parity, Tolerance
+from pipeline.train.callbacks import kill_if_armed
 
 STEM = "model"
+STAGING_PREFIX = ".staging-"  # scratch folders under {paths.export}; a killed export leaves one behind
 VERSIONED = ("ultralytics", "torch", "onnx", "onnxslim", "onnxruntime", "openvino")
 
 
@@ -132,6 +134,7 @@ def export_and_check(
     cfg: PipelineConfig, fmt: str, staged: Path, info: ModelInfo, check: Callable[[Runner], Parity]
 ) -> tuple[Path, Parity]:
     exported = export_format(staged, export_arguments(cfg, fmt, info))
+    kill_if_armed("export_exported", cfg.export.formats.index(fmt) + 1)
     return exported, check(open_runner(exported, threads=os.cpu_count() or 1))
 
 
@@ -162,8 +165,9 @@ def run(cfg: PipelineConfig) -> ExportResult:
 
     export_root = Path(cfg.paths.export)
     export_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(export_root)
     models, results = {}, []
-    with tempfile.TemporaryDirectory(dir=export_root, prefix=".staging-") as scratch:
+    with tempfile.TemporaryDirectory(dir=export_root, prefix=STAGING_PREFIX) as scratch:
         staged, target = Path(scratch) / f"{STEM}.pt", Path(scratch) / "models"
         shutil.copy2(weights, staged)
         target.mkdir()
@@ -175,8 +179,17 @@ def run(cfg: PipelineConfig) -> ExportResult:
             )
             if result.passed:
                 models[fmt] = publish(cfg, fmt, exported, info, result, target)
+        kill_if_armed("export_published")
         replace_dir(target, models_dir(cfg))
     return ExportResult({fmt: models_dir(cfg) / path.name for fmt, path in models.items()}, tuple(results))
+
+
+def remove_stale_staging(export_root: Path) -> None:
+    """Scratch folders of exports killed before cleaning up: never published, so nothing to keep.
+    Stages run one at a time on a project (DVC's lock), so no live export owns one."""
+    for stale in export_root.glob(f"{STAGING_PREFIX}*"):
+        print(f"removing {stale}, left by an interrupted export", flush=True)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def replace_dir(source: Path, destination: Path) -> None:

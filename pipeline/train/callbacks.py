@@ -15,8 +15,9 @@ from typing import Any
 
 from pipeline.core.errors import ConfigError
 
-# `PIPELINE_KILL_AT=<point>[:<epoch>]` SIGKILLs training at a named moment: how the tests prove that a
-# rerun recovers from a kill anywhere. Points, in the order Ultralytics reaches them:
+# `PIPELINE_KILL_AT=<point>[:<n>]` SIGKILLs a stage at a named moment: how the tests prove that a rerun
+# recovers from a kill anywhere. n is the epoch for training's points, the format's position for export's.
+# Points, in the order the pipeline reaches them:
 KILL_ENV = "PIPELINE_KILL_AT"
 KILL_POINTS = (
     "setup",  # after Ultralytics built the model, data and optimizer, before epoch 1
@@ -24,6 +25,10 @@ KILL_POINTS = (
     "after_results_row",  # the epoch's results.csv row is written, its checkpoint is not
     "optimizer_strip",  # training ended; last.pt is stripped of its optimizer, best.pt is not yet
     "final_validation",  # both checkpoints stripped; Ultralytics' final validation of best.pt starts
+    "evaluate_validated",  # Ultralytics' validation ran; no evaluate output is written yet
+    "evaluate_registered",  # the model version is registered; metrics.json and the report are not written
+    "export_exported",  # a format is exported into the staging folder; its parity check has not run
+    "export_published",  # every checked format is in the staging models folder; models/ is not swapped yet
 )
 
 
