@@ -38,7 +38,7 @@ from pipeline.train.callbacks import kill_if_armed
 
 ALIAS = "candidate"
 # Tag on a version registered before its outputs were written: a rerun after a kill reuses that version
-# instead of registering the same run again; write_outputs removes it once the outputs are on disk.
+# instead of registering the same run again; main removes it once write_outputs has put them on disk.
 PENDING_TAG = "evaluate.outputs_pending"
 DEFAULT_CONF = 0.25  # for a class the split has no instance of: Ultralytics' prediction default
 CURVE_PLOTS = {"BoxPR_curve.png": "pr_curve.png", "BoxF1_curve.png": "f1_curve.png"}
