@@ -20,6 +20,10 @@ KILL_POINTS = (
     "after_results_row",  # train: the epoch's results.csv row is written, its checkpoint is not
     "optimizer_strip",  # train: training ended; last.pt is stripped of its optimizer, best.pt is not yet
     "final_validation",  # train: both checkpoints stripped; Ultralytics' final validation starts
+    "evaluate_validated",  # evaluate: Ultralytics' validation ran; no evaluate output is written yet
+    "evaluate_registered",  # evaluate: the version is registered; metrics.json and the report are not
+    "export_exported",  # export (n: the format's place in export.formats): exported, not yet checked
+    "export_published",  # export: every checked format is staged; models/ is not swapped yet
 )
 
 

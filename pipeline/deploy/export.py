@@ -23,6 +23,7 @@ from pipeline.core.artifacts import Artifacts, metadata_path
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
+from pipeline.core.faults import kill_if_armed
 from pipeline.core.io import read_json, swap_dir, write_json
 from pipeline.core.lineage import package_versions
 from pipeline.model.inference import FORMAT_SUFFIXES, Runner, open_runner
@@ -30,6 +31,7 @@ from pipeline.model.info import ModelInfo, file_sha256, read_model_info, require
 from pipeline.model.parity import Parity, Tolerance
 
 STEM = "model"
+STAGING_PREFIX = ".staging-"  # scratch folders under {paths.export}; a killed export leaves one behind
 VERSIONED = ("ultralytics", "torch", "onnx", "onnxslim", "onnxruntime", "openvino", "nncf")
 INT8 = "openvino-int8"
 
@@ -146,6 +148,7 @@ def export_and_check(
     cfg: PipelineConfig, fmt: str, staged: Path, info: ModelInfo, check: Callable[[Runner], Parity]
 ) -> tuple[Path, dict[str, Any], Parity]:
     exported, quantization = export_model(cfg, fmt, staged, info)
+    kill_if_armed("export_exported", cfg.export.formats.index(fmt) + 1)
     return exported, quantization, check(open_runner(exported, threads=os.cpu_count() or 1))
 
 
@@ -182,8 +185,9 @@ def run(cfg: PipelineConfig) -> ExportResult:
 
     export_root = Path(cfg.paths.export)
     export_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(export_root)
     models, results = {}, []
-    with tempfile.TemporaryDirectory(dir=export_root, prefix=".staging-") as scratch:
+    with tempfile.TemporaryDirectory(dir=export_root, prefix=STAGING_PREFIX) as scratch:
         staged, target = Path(scratch) / f"{STEM}.pt", Path(scratch) / "models"
         shutil.copy2(weights, staged)
         target.mkdir()
@@ -195,8 +199,17 @@ def run(cfg: PipelineConfig) -> ExportResult:
             )
             if result.passed:
                 models[fmt] = publish(cfg, fmt, exported, info, result, quantization, target)
+        kill_if_armed("export_published")
         swap_dir(target, models_dir(cfg))
     return ExportResult({fmt: models_dir(cfg) / path.name for fmt, path in models.items()}, tuple(results))
+
+
+def remove_stale_staging(export_root: Path) -> None:
+    """Scratch folders of exports killed before cleaning up: never published, so nothing to keep.
+    Stages run one at a time on a project (DVC's lock), so no live export owns one."""
+    for stale in export_root.glob(f"{STAGING_PREFIX}*"):
+        print(f"removing {stale}, left by an interrupted export", flush=True)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def describe(result: Parity) -> str:

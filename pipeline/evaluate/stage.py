@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.core.artifacts import Artifacts
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import EvaluateConfig, PipelineConfig, load_params
+from pipeline.core.faults import kill_if_armed
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.evaluate.report import render, true_by_predicted
 from pipeline.evaluate.slices import SliceMetrics, image_attributes, low_slice_warnings, slice_metrics
@@ -38,6 +39,9 @@ from pipeline.model.scoring import (
 )
 
 ALIAS = "candidate"
+# Tag on a version registered before its outputs were written: a rerun after a kill reuses that version
+# instead of registering the same run again; main removes it once write_outputs has put them on disk.
+PENDING_TAG = "evaluate.outputs_pending"
 DEFAULT_CONF = 0.25  # for a class the split has no instance of: Ultralytics' prediction default
 CURVE_PLOTS = {"BoxPR_curve.png": "pr_curve.png", "BoxF1_curve.png": "f1_curve.png"}
 CURVE_PLOTS |= {"BoxP_curve.png": "precision_curve.png", "BoxR_curve.png": "recall_curve.png"}
@@ -268,6 +272,7 @@ def run(cfg: PipelineConfig) -> Evaluation:
     plots = Path(cfg.paths.evaluation) / "plots"
     with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
         metrics = validate(cfg, weights, split, info, Path(scratch) / "val")
+        kill_if_armed("evaluate_validated")
         predictions = read_json(Path(scratch) / "val" / "predictions.json")
         copy_curves(Path(scratch) / "val", plots)
     grouped = predictions_by_image(predictions, samples)
@@ -424,9 +429,21 @@ def register(cfg: PipelineConfig, weights: Path, run_id: str, metrics: dict[str,
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, description="YOLO detector trained by the pipeline")
     tags = {k: f"{v:.5f}" for k, v in metrics.items()}
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    version = pending_version(client, name, run_id)
+    if version is None:
+        version = client.create_model_version(name, source, run_id=run_id, tags={**tags, PENDING_TAG: "true"})
+    else:  # a killed evaluation of this run registered it: refresh its figures, keep its number
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, ALIAS, version.version)
     return str(version.version)
+
+
+def pending_version(client: Any, name: str, run_id: str) -> Any | None:
+    """The version an evaluation of `run_id` registered and was killed before writing its outputs."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    pending = [v for v in found if PENDING_TAG in v.tags]
+    return max(pending, key=lambda v: int(v.version)) if pending else None
 
 
 def write_outputs(cfg: PipelineConfig, e: Evaluation, run_id: str, version: str) -> Path:
@@ -440,6 +457,7 @@ def write_outputs(cfg: PipelineConfig, e: Evaluation, run_id: str, version: str)
 
 def main(argv: list[str], prog: str = "evaluate", command: str = "evaluate") -> int:
     import mlflow
+    from mlflow import MlflowClient
 
     from pipeline.core import tracking
 
@@ -451,9 +469,13 @@ def main(argv: list[str], prog: str = "evaluate", command: str = "evaluate") -> 
     with tracking.stage_run(cfg) as active:
         run_id = active.info.run_id
         version = register(cfg, weights, run_id, {k: v for k, v in flat_metrics(e).items() if "/" not in k})
+        kill_if_armed("evaluate_registered")
         out = write_outputs(cfg, e, run_id, version)
+        MlflowClient(tracking.tracking_uri(cfg)).delete_model_version_tag(
+            cfg.track.register_model, version, PENDING_TAG
+        )
         tracking.log_metrics(flat_metrics(e), prefix="eval/")
-        mlflow.set_tags({"eval.split": e.split, "eval.warnings": str(len(e.warnings))})
+        mlflow.set_tags(tracking.scrubbed({"eval.split": e.split, "eval.warnings": len(e.warnings)}))
         mlflow.log_artifacts(str(out), artifact_path="evaluate")
     print(f"{e.split}: mAP50 {fmt(e.map50)}, mAP50-95 {fmt(e.map50_95)}; {len(e.warnings)} warning(s)")
     report = Artifacts.of(cfg).evaluation_report
