@@ -29,7 +29,8 @@ from pipeline.core.config import load_params
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_json
 from pipeline.evaluate.review_page import write_review_page
-from pipeline.model.inference import PREDICT_CHUNK, Detections, load_image, open_runner, predict
+from pipeline.model.images import load_image
+from pipeline.model.inference import PREDICT_CHUNK, Detections, open_runner, predict
 from pipeline.model.info import read_model_info, require_weights
 from pipeline.model.scoring import image_shape, read_split
 

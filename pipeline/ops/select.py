@@ -30,9 +30,10 @@ from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import DataError
 from pipeline.core.io import write_json, write_text
-from pipeline.data.prepare import phash
+from pipeline.data.frames import phash
 from pipeline.data.validation import hash_bits, iou_matrix
-from pipeline.model.inference import Detections, load_image, open_runner, predict
+from pipeline.model.images import load_image
+from pipeline.model.inference import Detections, open_runner, predict
 from pipeline.model.info import ModelInfo, read_model_info, require_weights
 from pipeline.model.scoring import IMAGE_SUFFIXES, MAP_IOU
 

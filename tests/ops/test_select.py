@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.__main__ import main as pipeline_main
 from pipeline.core.io import read_json
-from pipeline.model.inference import Detections, load_image
+from pipeline.model.images import load_image
+from pipeline.model.inference import Detections
 from pipeline.ops.select import (
     LABEL_STUDIO_FILE,
     PREANNOTATION_DIR,
