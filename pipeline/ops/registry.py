@@ -12,6 +12,8 @@ from pipeline.ops.decision import CHAMPION, now
 HISTORY_TAG = "champion_history"
 ROLLED_BACK_TAG = "retrain.rolled_back"
 DATASET_TAG = "pipeline.dataset_hash"
+OUTCOME_TAG = "retrain.outcome"  # on each version a retrain decided about
+UNDECIDED = "undecided"  # OUTCOME_TAG of a version registered without a decision
 HISTORY_KEEP = 200  # champions remembered (a registered-model tag value is bounded)
 
 
@@ -73,6 +75,20 @@ class Registry:
         if history != recorded:
             self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history))
         return history
+
+    def mark_undecided(self) -> list[str]:
+        """Tag the versions no retrain decided about (one killed between registering its challenger
+        and deciding, or a model registered outside retrain); returns them. They stay candidates:
+        the retrain that reaches them as its challenger decides and replaces the tag."""
+        champion = self.aliases().get(CHAMPION)
+        versions = self.client.search_model_versions(f"name = '{self.name}'")
+        found = sorted(
+            (str(v.version) for v in versions if OUTCOME_TAG not in v.tags and str(v.version) != champion),
+            key=int,
+        )
+        for version in found:
+            self.client.set_model_version_tag(self.name, version, OUTCOME_TAG, UNDECIDED)
+        return found
 
     def exists(self) -> bool:
         return bool(self.client.search_registered_models(filter_string=f"name = '{self.name}'"))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -42,6 +41,7 @@ from pipeline.core.cli import stage_parser
 from pipeline.core.config import RETRAIN_METRICS, PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_json, write_text
+from pipeline.ops.children import run_bound
 from pipeline.ops.decision import (
     CHALLENGER,
     CHAMPION,
@@ -53,7 +53,14 @@ from pipeline.ops.decision import (
     rule_text,
 )
 from pipeline.ops.lock import RetrainBusy, hold_lock
-from pipeline.ops.registry import Registry, RetrainError, is_rolled_back, open_registry
+from pipeline.ops.registry import (
+    OUTCOME_TAG,
+    UNDECIDED,
+    Registry,
+    RetrainError,
+    is_rolled_back,
+    open_registry,
+)
 
 EXIT_NOTHING_TO_DO = 0
 EXIT_FAILED = 1
@@ -85,9 +92,9 @@ def dvc(*args: str) -> None:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     print(f"$ dvc {' '.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, check=False)
-    if done.returncode:
-        raise RetrainError(f"`dvc {' '.join(args)}` exited with {done.returncode}; its output is above")
+    code = run_bound([sys.executable, "-m", "dvc", *args], env)
+    if code:
+        raise RetrainError(f"`dvc {' '.join(args)}` exited with {code}; its output is above")
 
 
 def refresh_data(cfg: PipelineConfig) -> str:
@@ -130,6 +137,12 @@ def recorded_score(registry: Registry, version) -> ModelScore:
 def retrain(cfg: PipelineConfig, force: bool, started: str) -> Decision:
     registry = open_registry(cfg)
     history = registry.reconcile()
+    undecided = registry.mark_undecided()
+    if undecided:
+        print(
+            f"version(s) {', '.join(undecided)} have no decision record (a killed retrain?): "
+            f"tagged {OUTCOME_TAG}={UNDECIDED}"
+        )
     data_hash = refresh_data(cfg)
     champion = registry.version(CHAMPION)
     trained_on = registry.dataset_hash(champion) if champion else None
@@ -260,7 +273,7 @@ def record_tags(d: Decision) -> dict[str, str]:
 def tag_challenger(cfg: PipelineConfig, d: Decision, run_id: str) -> None:
     registry = open_registry(cfg)
     version = d.scores[CHALLENGER].version
-    for key, value in {"retrain.outcome": d.outcome, "retrain.decision_run": run_id}.items():
+    for key, value in {OUTCOME_TAG: d.outcome, "retrain.decision_run": run_id}.items():
         registry.client.set_model_version_tag(registry.name, version, key, value)
 
 

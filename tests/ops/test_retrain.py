@@ -25,10 +25,10 @@ from mlflow.tracking import MlflowClient
 from pipeline.core.compose import write_params
 from pipeline.core.config import RetrainConfig
 from pipeline.core.io import read_json
+from pipeline.ops import children, retrain
 from pipeline.ops import decision as rules
 from pipeline.ops import lock as locking
 from pipeline.ops import registry as models
-from pipeline.ops import retrain
 from tests.dvc_project import (
     PROJECT_ROOT,
     compose_and_commit,
@@ -154,6 +154,16 @@ def test_killed_rollback_is_repaired_and_the_version_is_never_promoted_again(reg
     assert not models.is_rolled_back(registry.client.get_model_version(MODEL, "2"))
 
 
+def test_versions_without_a_decision_are_marked_undecided_and_stay_candidates(registry):
+    registry.promote("1")
+    registry.client.set_model_version_tag(MODEL, "2", models.OUTCOME_TAG, "kept")
+    assert registry.mark_undecided() == ["3", "4"]  # registered by a retrain killed before deciding
+    tags = [registry.client.get_model_version(MODEL, v).tags for v in "1234"]
+    assert [t.get(models.OUTCOME_TAG) for t in tags] == [None, "kept", models.UNDECIDED, models.UNDECIDED]
+    assert registry.mark_undecided() == []
+    assert not any(models.is_rolled_back(registry.client.get_model_version(MODEL, v)) for v in "34")
+
+
 def test_weights_download_as_best_pt(registry, tmp_path):
     weights = registry.download(registry.client.get_model_version(MODEL, "3"), tmp_path / "got" / "weights")
     assert weights == tmp_path / "got" / "weights" / "best.pt"
@@ -271,6 +281,63 @@ def test_lock_is_free_once_its_holder_is_killed(lock_holder):
     holder.wait()
     with locking.hold_lock(lock, 5):
         assert read_json(locking.owner_file(lock))["pid"] != holder.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (the child and whatever it started)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+BOUND_PARENT = """
+import os, sys
+from pipeline.ops.children import run_bound
+run_bound(["sh", "-c", "sleep 60 & sleep 60"], dict(os.environ))
+"""
+
+
+def gone_within(pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while (alive(pgid) or group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not (alive(pgid) or group_members(pgid))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkilled_parent_takes_its_child_and_grandchildren_with_it(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv(children.KILL_AFTER_CHILD_START, str(pid_file))
+    parent = subprocess.run([sys.executable, "-c", BOUND_PARENT], cwd=PROJECT_ROOT, timeout=60, check=False)
+    assert parent.returncode == -signal.SIGKILL
+    child = int(pid_file.read_text())
+    assert gone_within(child, 10), f"the child's group {child} outlived its parent: {group_members(child)}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_retrain_takes_its_dvc_child_with_it(tmp_path, monkeypatch):
+    repo = make_project(tmp_path / "repo", TINY_TRAINING)
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv(children.KILL_AFTER_CHILD_START, str(pid_file))  # SIGKILL right after `dvc repro`
+    log = tmp_path / "retrain.log"
+    process = start(repo, sys.executable, "-m", "pipeline", "retrain", log=log)
+    assert process.wait(timeout=120) == -signal.SIGKILL, log.read_text()[-4000:]
+    child = int(pid_file.read_text())
+    assert gone_within(child, 10), f"dvc repro (pid {child}) outlived its retrain"
+    assert not (repo / "data/prepared/manifest.json").exists(), "prepare ran to its end: nothing was stopped"
 
 
 # ---- three data versions end to end (real DVC, MLflow, training) ----------------------------------
