@@ -81,15 +81,11 @@ def paired_bootstrap(
 
     `champion` and `challenger` are (images, 3) TP/FP/FN counts on the same images, in the same order.
     """
-    if (
-        champion.shape != challenger.shape
-        or champion.ndim != 2
-        or champion.shape[1] != 3
-        or not len(champion)
-    ):
+    paired = champion.shape == challenger.shape and champion.ndim == 2 and champion.shape[1] == 3
+    if not (paired and len(champion)):
         raise ValueError(
-            f"paired counts must both be (images, 3), images >= 1, on the same images; got {champion.shape} and "
-            f"{challenger.shape}"
+            "paired counts must both be (images, 3) with at least one image, on the same images; "
+            f"got {champion.shape} and {challenger.shape}"
         )
     picks = np.random.default_rng(seed).integers(0, len(champion), size=(resamples, len(champion)))
     deltas = f1(challenger[picks]) - f1(champion[picks])
