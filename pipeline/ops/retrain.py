@@ -30,28 +30,37 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from pipeline.core import tracking
 from pipeline.core.cli import stage_parser
-from pipeline.core.config import RETRAIN_METRICS, PipelineConfig, RetrainConfig, load_params
+from pipeline.core.config import RETRAIN_METRICS, PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
-from pipeline.core.io import read_json, write_json, write_text
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-HISTORY_TAG = "champion_history"
-ROLLED_BACK_TAG = "retrain.rolled_back"
-DATASET_TAG = "pipeline.dataset_hash"
-HISTORY_KEEP = 200  # champions remembered (a registered-model tag value is bounded)
+from pipeline.core.io import write_json, write_text
+from pipeline.ops.children import run_bound
+from pipeline.ops.decision import (
+    CHALLENGER,
+    CHAMPION,
+    Decision,
+    ModelScore,
+    decide,
+    now,
+    render_markdown,
+    rule_text,
+)
+from pipeline.ops.lock import RetrainBusy, hold_lock
+from pipeline.ops.registry import (
+    OUTCOME_TAG,
+    UNDECIDED,
+    Registry,
+    RetrainError,
+    is_rolled_back,
+    open_registry,
+)
 
 EXIT_NOTHING_TO_DO = 0
 EXIT_FAILED = 1
@@ -74,237 +83,7 @@ EXIT_HELP = f"""exit status:
   {EXIT_BUSY:<3} busy: another retrain or rollback holds the lock (retrain.lock_wait, --wait)"""
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class RetrainBusy(PipelineError):
-    """Another retrain or rollback holds the lock."""
-
-
-class RetrainError(PipelineError):
-    """A step of the retrain failed (DVC, the registry)."""
-
-
-@dataclass(frozen=True)
-class ModelScore:
-    """A registered model version and its metrics."""
-
-    version: str
-    run_id: str
-    dataset_hash: str | None  # of the data it was trained on
-    metrics: dict[str, float]  # RETRAIN_METRICS
-    per_class: dict[str, float]  # AP50-95 of each class with instances in the split
-    measured: str  # where the metrics come from
-
-
-@dataclass(frozen=True)
-class Verdict:
-    promote: bool
-    reason: str
-    metric_delta: float | None  # challenger - champion on the rule's metric
-    class_deltas: dict[str, float] = field(default_factory=dict)
-    regressions: dict[str, float] = field(default_factory=dict)  # classes falling beyond the bound
-
-
-@dataclass(frozen=True)
-class Decision:
-    command: str  # retrain | rollback
-    outcome: str  # promoted | kept | nothing_to_do | failed | rolled_back
-    reason: str
-    model: str  # the registered model's name
-    rule: str
-    started: str
-    finished: str = field(default_factory=now)
-    champion_before: str | None = None
-    champion_after: str | None = None
-    # by role: champion and challenger (retrain), rolled_back and restored (rollback)
-    scores: dict[str, ModelScore] = field(default_factory=dict)
-    verdict: Verdict | None = None
-    dataset_hash: str | None = None  # of the current data
-    split: str | None = None  # what the models were evaluated on
-
-
-# ---- the rule (pure) ------------------------------------------------------------------------------
-
-
-def rule_text(rule: RetrainConfig) -> str:
-    return (
-        f"promote when challenger {rule.metric} - champion {rule.metric} >= {rule.min_improvement} "
-        f"and no class's AP50-95 falls by more than {rule.max_class_drop}; the first model is promoted"
-    )
-
-
-def class_deltas(champion: ModelScore, challenger: ModelScore) -> dict[str, float]:
-    names = sorted(set(champion.per_class) | set(challenger.per_class))
-    return {n: round(challenger.per_class.get(n, 0.0) - champion.per_class.get(n, 0.0), 5) for n in names}
-
-
-def decide(champion: ModelScore | None, challenger: ModelScore, rule: RetrainConfig) -> Verdict:
-    """Promote or keep, with the reason in words."""
-    if champion is None:
-        return Verdict(True, "no champion yet: the first model becomes champion", None)
-    ours, theirs = challenger.metrics[rule.metric], champion.metrics[rule.metric]
-    delta = round(ours - theirs, 5)
-    deltas = class_deltas(champion, challenger)
-    regressions = {name: d for name, d in deltas.items() if d < -rule.max_class_drop}
-    compared = f"{rule.metric} {ours:.4f} against the champion's {theirs:.4f} ({delta:+.4f})"
-    if regressions:
-        fallen = ", ".join(f"{name} {d:+.4f}" for name, d in regressions.items())
-        reason = f"{compared}, but AP50-95 falls by more than {rule.max_class_drop} for: {fallen}"
-        return Verdict(False, reason, delta, deltas, regressions)
-    if delta < rule.min_improvement:
-        reason = f"{compared}: below the margin {rule.min_improvement}"
-        return Verdict(False, reason, delta, deltas)
-    reason = f"{compared} reaches the margin {rule.min_improvement}, no class falls beyond the bound"
-    return Verdict(True, reason, delta, deltas)
-
-
-def reconciled(history: list[str], champion: str | None) -> tuple[list[str], list[str]]:
-    """(history, versions rolled back from) consistent with the champion alias.
-
-    A champion missing from the history was promoted by a command that stopped before writing it;
-    one below the top was rolled back to (by `rollback` or by hand), dropping the versions above it.
-    """
-    if champion is None or (history and history[-1] == champion):
-        return history, []
-    if champion in history:
-        keep = len(history) - history[::-1].index(champion)
-        return history[:keep], history[keep:]
-    return [*history, champion][-HISTORY_KEEP:], []
-
-
-# ---- the registry ---------------------------------------------------------------------------------
-
-
-class Registry:
-    """One registered model's aliases, champion history and version tags."""
-
-    def __init__(self, tracking_uri: str, name: str):
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
-        self.name = name
-
-    def aliases(self) -> dict[str, str]:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            model = self.client.get_registered_model(self.name)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return {}
-            raise
-        return {alias: str(version) for alias, version in model.aliases.items()}
-
-    def version(self, alias: str):
-        number = self.aliases().get(alias)
-        return None if number is None else self.client.get_model_version(self.name, number)
-
-    def history(self) -> list[str]:
-        tags = self.client.get_registered_model(self.name).tags
-        return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
-
-    def reconcile(self) -> list[str]:
-        """Repair the history after an interrupted command; returns it."""
-        aliases = self.aliases()
-        if not aliases and not self.exists():
-            return []
-        recorded = self.history()
-        history, rolled_back = reconciled(recorded, aliases.get(CHAMPION))
-        for version in rolled_back:
-            self.client.set_model_version_tag(self.name, version, ROLLED_BACK_TAG, now())
-        if history != recorded:
-            self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history))
-        return history
-
-    def exists(self) -> bool:
-        return bool(self.client.search_registered_models(filter_string=f"name = '{self.name}'"))
-
-    def move(self, alias: str, version: str) -> None:
-        """One call: the alias leaves its old version as it reaches the new one."""
-        self.client.set_registered_model_alias(self.name, alias, version)
-
-    def promote(self, version: str) -> list[str]:
-        self.move(CHAMPION, version)
-        return self.reconcile()
-
-    def version_of_run(self, run_id: str):
-        found = self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")
-        if not found:
-            raise RetrainError(
-                f"no version of registered model '{self.name}' comes from run {run_id} "
-                "(reports/train/run.json): the evaluate stage registers it; check that it ran "
-                "(retrain.targets must include evaluate) and logged to the same MLflow tracking URI"
-            )
-        return max(found, key=lambda v: int(v.version))
-
-    def dataset_hash(self, version) -> str | None:
-        return self.client.get_run(version.run_id).data.tags.get(DATASET_TAG) if version.run_id else None
-
-    def download(self, version, target: Path) -> Path:
-        """The version's weights as `target/best.pt` (what the evaluate stage expects)."""
-        import mlflow.artifacts
-
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(target)))
-        if local.is_dir():
-            found = sorted(local.rglob("best.pt")) or sorted(local.rglob("*.pt"))
-            if not found:
-                raise RetrainError(f"version {version.version} ({version.source}) holds no .pt weights")
-            local = found[0]
-        if local != target / "best.pt":
-            local.replace(target / "best.pt")
-        return target / "best.pt"
-
-
-def open_registry(cfg: PipelineConfig) -> Registry:
-    return Registry(tracking.tracking_uri(cfg), cfg.track.register_model)
-
-
-def is_rolled_back(version) -> bool:
-    return ROLLED_BACK_TAG in version.tags
-
-
-# ---- lock, DVC, evaluation -------------------------------------------------------------------------
-
-
-def owner_file(lock: Path) -> Path:
-    return lock.with_name(lock.name + ".owner")
-
-
-@contextmanager
-def hold_lock(lock: Path, wait: float | None) -> Iterator[None]:
-    """Exclusive for the whole command; the OS frees it when the holder dies, even by SIGKILL."""
-    from filelock import FileLock, Timeout
-
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = FileLock(str(lock))
-    try:
-        handle.acquire(timeout=-1 if wait is None else wait)
-    except Timeout:
-        raise RetrainBusy(busy_message(lock, wait)) from None
-    try:
-        write_json(owner_file(lock), {"pid": os.getpid(), "host": socket.gethostname(), "since": now()})
-        yield
-    finally:
-        owner_file(lock).unlink(missing_ok=True)
-        handle.release()
-
-
-def lock_holder(lock: Path) -> dict[str, str]:
-    try:
-        return read_json(owner_file(lock))
-    except FileNotFoundError:  # released (or never described) since the attempt failed
-        return {}
-
-
-def busy_message(lock: Path, wait: float) -> str:
-    holder = lock_holder(lock)
-    who = f"pid {holder['pid']} on {holder['host']}, since {holder['since']}" if holder else "another process"
-    return (
-        f"another retrain or rollback ({who}) holds {lock}; gave up after {wait:g} s. This run does "
-        "nothing: the next schedule will try again (wait longer with --wait SECONDS or retrain.lock_wait)"
-    )
+# ---- DVC, evaluation ------------------------------------------------------------------------------
 
 
 def dvc(*args: str) -> None:
@@ -313,9 +92,9 @@ def dvc(*args: str) -> None:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     print(f"$ dvc {' '.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, check=False)
-    if done.returncode:
-        raise RetrainError(f"`dvc {' '.join(args)}` exited with {done.returncode}; its output is above")
+    code = run_bound([sys.executable, "-m", "dvc", *args], env)
+    if code:
+        raise RetrainError(f"`dvc {' '.join(args)}` exited with {code}; its output is above")
 
 
 def refresh_data(cfg: PipelineConfig) -> str:
@@ -358,6 +137,12 @@ def recorded_score(registry: Registry, version) -> ModelScore:
 def retrain(cfg: PipelineConfig, force: bool, started: str) -> Decision:
     registry = open_registry(cfg)
     history = registry.reconcile()
+    undecided = registry.mark_undecided()
+    if undecided:
+        print(
+            f"version(s) {', '.join(undecided)} have no decision record (a killed retrain?): "
+            f"tagged {OUTCOME_TAG}={UNDECIDED}"
+        )
     data_hash = refresh_data(cfg)
     champion = registry.version(CHAMPION)
     trained_on = registry.dataset_hash(champion) if champion else None
@@ -443,76 +228,6 @@ def failed(cfg: PipelineConfig, command: str, started: str, error: BaseException
     return Decision(command, "failed", reason, cfg.track.register_model, rule_text(cfg.retrain), started)
 
 
-# ---- the record -----------------------------------------------------------------------------------
-
-
-def render_markdown(d: Decision) -> str:
-    lines = [
-        f"# {d.command.capitalize()} decision: {d.outcome.replace('_', ' ')}",
-        "",
-        f"- **Outcome:** {d.outcome.replace('_', ' ')}",
-        f"- **Why:** {d.reason}",
-        f"- **Registered model:** `{d.model}`; champion before: {version_text(d.champion_before)}, "
-        f"after: {version_text(d.champion_after)}",
-        f"- **Rule:** {d.rule}",
-        f"- **When:** {d.started} to {d.finished}",
-    ]
-    if d.dataset_hash:
-        lines.append(f"- **Data:** dataset_hash `{d.dataset_hash}`")
-    if d.split:
-        models = "both models" if len(d.scores) == 2 else "the model"
-        lines.append(f"- **Evaluated on:** the current {d.split}, {models} with the evaluate stage's code")
-    return "\n".join(lines + metric_table(d) + class_table(d)) + "\n"
-
-
-def version_text(version: str | None) -> str:
-    return "none" if version is None else f"version {version}"
-
-
-def metric_table(d: Decision) -> list[str]:
-    if not d.scores:
-        return []
-    roles = list(d.scores)
-    head = "| | " + " | ".join(f"{r} (v{d.scores[r].version})" for r in roles) + " |"
-    rows = ["", "## Metrics", "", head, "|---" * (len(roles) + 1) + "|"]
-    for key in RETRAIN_METRICS:
-        cells = [fmt(d.scores[r].metrics.get(key)) for r in roles]
-        rows.append(f"| {key} | " + " | ".join(cells) + " |")
-    rows.append(
-        "| trained on data | " + " | ".join(f"`{(d.scores[r].dataset_hash or '?')[:12]}`" for r in roles)
-    )
-    rows[-1] += " |"
-    rows.append("| measured on | " + " | ".join(d.scores[r].measured for r in roles) + " |")
-    return rows
-
-
-def class_table(d: Decision) -> list[str]:
-    if not (d.verdict and d.verdict.class_deltas):
-        return []
-    champion, challenger = d.scores[CHAMPION], d.scores[CHALLENGER]
-    rows = [
-        "",
-        "## AP50-95 per class",
-        "",
-        "| class | champion | challenger | delta | |",
-        "|---|---|---|---|---|",
-    ]
-    for name, delta in d.verdict.class_deltas.items():
-        flag = "falls beyond the bound" if name in d.verdict.regressions else ""
-        cells = [
-            fmt(champion.per_class.get(name)),
-            fmt(challenger.per_class.get(name)),
-            f"{delta:+.4f}",
-            flag,
-        ]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def write_record(cfg: PipelineConfig, d: Decision) -> tuple[Path, Path]:
     """{records}/<time>-<command>-<outcome>.json and .md, plus latest.json and latest.md."""
     folder = Path(cfg.retrain.records)
@@ -558,7 +273,7 @@ def record_tags(d: Decision) -> dict[str, str]:
 def tag_challenger(cfg: PipelineConfig, d: Decision, run_id: str) -> None:
     registry = open_registry(cfg)
     version = d.scores[CHALLENGER].version
-    for key, value in {"retrain.outcome": d.outcome, "retrain.decision_run": run_id}.items():
+    for key, value in {OUTCOME_TAG: d.outcome, "retrain.decision_run": run_id}.items():
         registry.client.set_model_version_tag(registry.name, version, key, value)
 
 

@@ -25,7 +25,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.compose import compose_config, write_params
 from pipeline.core.io import read_json
-from pipeline.ops import retrain
+from pipeline.ops import children, retrain
+from pipeline.ops import decision as rules
+from pipeline.ops import lock as locking
+from pipeline.ops import registry as models
 from tests.dvc_project import (
     PROJECT_ROOT,
     compose_and_commit,
@@ -46,23 +49,21 @@ def own_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def scored(version: int, value: float, **per_class: float) -> retrain.ModelScore:
+def scored(version: int, value: float, **per_class: float) -> rules.ModelScore:
     metrics = {"mAP50-95": value, "mAP50": min(1.0, 2 * value), "precision": 0.5, "recall": 0.5}
-    return retrain.ModelScore(
-        str(version), f"run{version}", f"data{version}", metrics, per_class, "test split"
-    )
+    return rules.ModelScore(str(version), f"run{version}", f"data{version}", metrics, per_class, "test split")
 
 
 # ---- the rule -------------------------------------------------------------------------------------
 
 
 def test_first_model_becomes_champion():
-    verdict = retrain.decide(None, scored(1, 0.0), RULE)
+    verdict = rules.decide(None, scored(1, 0.0), RULE)
     assert verdict.promote and "first model" in verdict.reason
 
 
 def test_challenger_beating_the_margin_is_promoted():
-    verdict = retrain.decide(scored(1, 0.30, a=0.3, b=0.3), scored(2, 0.32, a=0.29, b=0.35), RULE)
+    verdict = rules.decide(scored(1, 0.30, a=0.3, b=0.3), scored(2, 0.32, a=0.29, b=0.35), RULE)
     assert verdict.promote
     assert verdict.metric_delta == pytest.approx(0.02)
     assert verdict.class_deltas == {"a": pytest.approx(-0.01), "b": pytest.approx(0.05)}
@@ -70,13 +71,13 @@ def test_challenger_beating_the_margin_is_promoted():
 
 @pytest.mark.parametrize("challenger", [0.305, 0.30, 0.25])
 def test_win_below_the_margin_or_a_tie_keeps_the_champion(challenger):
-    verdict = retrain.decide(scored(1, 0.30), scored(2, challenger), RULE)
+    verdict = rules.decide(scored(1, 0.30), scored(2, challenger), RULE)
     assert not verdict.promote and "below the margin" in verdict.reason
 
 
 def test_a_class_falling_beyond_the_bound_keeps_the_champion_despite_a_better_mean():
     champion, challenger = scored(1, 0.30, person=0.5, vehicle=0.1), scored(2, 0.40, person=0.4, vehicle=0.4)
-    verdict = retrain.decide(champion, challenger, RULE)
+    verdict = rules.decide(champion, challenger, RULE)
     assert not verdict.promote
     assert verdict.regressions == {"person": pytest.approx(-0.1)}
     assert "person -0.1000" in verdict.reason
@@ -93,18 +94,18 @@ def test_a_class_falling_beyond_the_bound_keeps_the_champion_despite_a_better_me
     ],
 )
 def test_history_follows_the_champion_alias(history, alias, expected, dropped):
-    assert retrain.reconciled(history, alias) == (expected, dropped)
+    assert models.reconciled(history, alias) == (expected, dropped)
 
 
 def test_markdown_record_shows_both_models_and_flags_the_falling_class():
     champion, challenger = scored(1, 0.30, person=0.5, vehicle=0.1), scored(2, 0.40, person=0.4, vehicle=0.4)
-    verdict = retrain.decide(champion, challenger, RULE)
-    decision = retrain.Decision(
-        "retrain", "kept", verdict.reason, MODEL, retrain.rule_text(RULE), "2026-01-01T00:00:00+00:00",
+    verdict = rules.decide(champion, challenger, RULE)
+    decision = rules.Decision(
+        "retrain", "kept", verdict.reason, MODEL, rules.rule_text(RULE), "2026-01-01T00:00:00+00:00",
         champion_before="1", champion_after="1", verdict=verdict,
         scores={"champion": champion, "challenger": challenger},
     )  # fmt: skip
-    text = retrain.render_markdown(decision)
+    text = rules.render_markdown(decision)
     assert "| | champion (v1) | challenger (v2) |" in text
     assert "| mAP50-95 | 0.3000 | 0.4000 |" in text
     assert "| person | 0.5000 | 0.4000 | -0.1000 | falls beyond the bound |" in text
@@ -115,20 +116,20 @@ def test_markdown_record_shows_both_models_and_flags_the_falling_class():
 
 
 @pytest.fixture
-def registry(tmp_path) -> retrain.Registry:
+def registry(tmp_path) -> models.Registry:
     """Model `detector` with versions 1-4, each from a run tagged with its data's hash."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("pipeline", artifact_location=(tmp_path / "artifacts").as_uri())
     client.create_registered_model(MODEL)
     for i in range(1, 5):
-        run = client.create_run(experiment, tags={retrain.DATASET_TAG: f"data{i}"})
+        run = client.create_run(experiment, tags={models.DATASET_TAG: f"data{i}"})
         weights = tmp_path / f"weights{i}" / "best.pt"
         weights.parent.mkdir()
         weights.write_bytes(f"weights {i}".encode())
         tags = {"mAP50-95": f"{i / 10:.5f}", "mAP50": f"{i / 5:.5f}"}
         client.create_model_version(MODEL, str(weights), run_id=run.info.run_id, tags=tags)
-    return retrain.Registry(uri, MODEL)
+    return models.Registry(uri, MODEL)
 
 
 def test_promotions_build_the_history(registry):
@@ -139,7 +140,7 @@ def test_promotions_build_the_history(registry):
 
 def test_killed_promotion_is_repaired_from_the_alias(registry):
     registry.promote("1")
-    registry.move(retrain.CHAMPION, "2")  # the alias moved, then the process died
+    registry.move(rules.CHAMPION, "2")  # the alias moved, then the process died
     assert registry.history() == ["1"]
     assert registry.reconcile() == ["1", "2"]
 
@@ -147,10 +148,20 @@ def test_killed_promotion_is_repaired_from_the_alias(registry):
 def test_killed_rollback_is_repaired_and_the_version_is_never_promoted_again(registry):
     for version in "123":
         registry.promote(version)
-    registry.move(retrain.CHAMPION, "2")  # a rollback's alias move, then the process died
+    registry.move(rules.CHAMPION, "2")  # a rollback's alias move, then the process died
     assert registry.reconcile() == ["1", "2"]
-    assert retrain.is_rolled_back(registry.client.get_model_version(MODEL, "3"))
-    assert not retrain.is_rolled_back(registry.client.get_model_version(MODEL, "2"))
+    assert models.is_rolled_back(registry.client.get_model_version(MODEL, "3"))
+    assert not models.is_rolled_back(registry.client.get_model_version(MODEL, "2"))
+
+
+def test_versions_without_a_decision_are_marked_undecided_and_stay_candidates(registry):
+    registry.promote("1")
+    registry.client.set_model_version_tag(MODEL, "2", models.OUTCOME_TAG, "kept")
+    assert registry.mark_undecided() == ["3", "4"]  # registered by a retrain killed before deciding
+    tags = [registry.client.get_model_version(MODEL, v).tags for v in "1234"]
+    assert [t.get(models.OUTCOME_TAG) for t in tags] == [None, "kept", models.UNDECIDED, models.UNDECIDED]
+    assert registry.mark_undecided() == []
+    assert not any(models.is_rolled_back(registry.client.get_model_version(MODEL, v)) for v in "34")
 
 
 def test_weights_download_as_best_pt(registry, tmp_path):
@@ -185,7 +196,7 @@ def test_rollback_restores_the_previous_champion_and_records_it(registry, tmp_pa
     params = params_file(tmp_path, registry.client.tracking_uri)
     assert retrain.main(["--params", str(params)], command="rollback") == 0
     assert registry.aliases()["champion"] == "1" and registry.history() == ["1"]
-    assert retrain.is_rolled_back(registry.client.get_model_version(MODEL, "2"))
+    assert models.is_rolled_back(registry.client.get_model_version(MODEL, "2"))
     record = read_json(tmp_path / "records" / "latest.json")
     moved = (record["outcome"], record["champion_before"], record["champion_after"])
     assert moved == ("rolled_back", "2", "1")
@@ -225,7 +236,7 @@ def test_help_documents_the_exit_codes():
 HOLDER = """
 import sys, time
 from pathlib import Path
-from pipeline.ops.retrain import hold_lock
+from pipeline.ops.lock import hold_lock
 with hold_lock(Path(sys.argv[1]), 0):
     print("held", flush=True)
     time.sleep(600)
@@ -268,8 +279,65 @@ def test_lock_is_free_once_its_holder_is_killed(lock_holder):
     lock, holder = lock_holder
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with retrain.hold_lock(lock, 5):
-        assert read_json(retrain.owner_file(lock))["pid"] != holder.pid
+    with locking.hold_lock(lock, 5):
+        assert read_json(locking.owner_file(lock))["pid"] != holder.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (the child and whatever it started)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+BOUND_PARENT = """
+import os, sys
+from pipeline.ops.children import run_bound
+run_bound(["sh", "-c", "sleep 60 & sleep 60"], dict(os.environ))
+"""
+
+
+def gone_within(pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while (alive(pgid) or group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not (alive(pgid) or group_members(pgid))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkilled_parent_takes_its_child_and_grandchildren_with_it(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv(children.KILL_AFTER_CHILD_START, str(pid_file))
+    parent = subprocess.run([sys.executable, "-c", BOUND_PARENT], cwd=PROJECT_ROOT, timeout=60, check=False)
+    assert parent.returncode == -signal.SIGKILL
+    child = int(pid_file.read_text())
+    assert gone_within(child, 10), f"the child's group {child} outlived its parent: {group_members(child)}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_retrain_takes_its_dvc_child_with_it(tmp_path, monkeypatch):
+    repo = make_project(tmp_path / "repo", TINY_TRAINING)
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv(children.KILL_AFTER_CHILD_START, str(pid_file))  # SIGKILL right after `dvc repro`
+    log = tmp_path / "retrain.log"
+    process = start(repo, sys.executable, "-m", "pipeline", "retrain", log=log)
+    assert process.wait(timeout=120) == -signal.SIGKILL, log.read_text()[-4000:]
+    child = int(pid_file.read_text())
+    assert gone_within(child, 10), f"dvc repro (pid {child}) outlived its retrain"
+    assert not (repo / "data/prepared/manifest.json").exists(), "prepare ran to its end: nothing was stopped"
 
 
 # ---- three data versions end to end (real DVC, MLflow, training) ----------------------------------
@@ -306,7 +374,7 @@ def aliases(repo: Path) -> dict[str, str]:
 
 
 def history(repo: Path) -> list[str]:
-    return client(repo).get_registered_model(REGISTERED).tags[retrain.HISTORY_TAG].split(",")
+    return client(repo).get_registered_model(REGISTERED).tags[models.HISTORY_TAG].split(",")
 
 
 def latest_record(repo: Path) -> dict:
@@ -386,7 +454,7 @@ def test_retrain_killed_after_registering_the_challenger_leaves_the_champion(pro
         process.wait()
     assert process.returncode == -signal.SIGKILL
     assert aliases(project)["champion"] == "1" and history(project) == ["1"]
-    with retrain.hold_lock(project / ".dvc/tmp/retrain.lock", 0):
+    with locking.hold_lock(project / ".dvc/tmp/retrain.lock", 0):
         pass  # the killed process left no lock behind
 
 
@@ -418,7 +486,7 @@ def test_v3_corrupted_labels_are_trained_but_not_promoted_and_block_a_second_ret
     compose_and_commit(project, "v3: a bad annotation batch", "data=yolo_dir", f"data.path={data}")
     log = tmp_path / "retrain.log"
     first = start(project, sys.executable, "-m", "pipeline", "retrain", log=log)
-    owner = retrain.owner_file(project / ".dvc/tmp/retrain.lock")
+    owner = locking.owner_file(project / ".dvc/tmp/retrain.lock")
     wait_for(owner.exists, first, log, "the first retrain to take the lock")
     code, output, seconds = retrain_in(project, "--no-wait")
     assert code == retrain.EXIT_BUSY and f"pid {first.pid}" in output and seconds < 30, output

@@ -1,0 +1,95 @@
+"""A paired bootstrap interval for the difference between two detectors on the same images.
+
+The per-image statistic is honest and simple: each model's boxes are matched to the image's ground
+truth (same class, IoU >= 0.5, greedily by confidence, each object matched once), giving per-image
+counts of true positives, false positives and missed objects. F1 = 2 TP / (2 TP + FP + FN) is then
+computed from the counts summed over a set of images (micro-averaged: frames without objects still
+count their false positives, and no image's 0/0 is averaged in).
+
+The bootstrap resamples images, not boxes, because the objects of one frame are correlated (same
+scene, same lighting). It is paired: both models are scored on the same resampled images, so the
+variation in difficulty between images, which both models share, cancels out and the interval
+bounds the difference (challenger - champion) only. A fixed seed makes the interval reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IOU_MATCH = 0.5
+TP, FP, FN = 0, 1, 2  # columns of a (images, 3) counts array
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Challenger - champion F1 on all images, and its bootstrap confidence interval."""
+
+    delta: float
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def clears(self, margin: float) -> bool:
+        """The challenger's win is at least `margin` with the interval's confidence."""
+        return self.low >= margin
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of `boxes` (N, 4)."""
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def image_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """(TP, FP, FN) of one image. `predicted`: (P, 6) xyxy, confidence, class; `truth`: (G, 5)
+    xyxy, class. Predictions below the deployment confidence must be filtered out beforehand."""
+    free = np.ones(len(truth), dtype=bool)
+    hits = 0
+    for row in predicted[np.argsort(-predicted[:, 4])] if len(predicted) else []:
+        candidates = free & (truth[:, 4] == row[5]) if len(truth) else free
+        if not candidates.any():
+            continue
+        overlaps = np.where(candidates, iou(row[:4], truth[:, :4]), 0.0)
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= IOU_MATCH:
+            free[best] = False
+            hits += 1
+    return hits, len(predicted) - hits, len(truth) - hits
+
+
+def f1(counts: np.ndarray) -> np.ndarray:
+    """F1 of the summed counts along the second-to-last axis: (..., images, 3) -> (...)."""
+    total = counts.sum(axis=-2)
+    denominator = 2 * total[..., TP] + total[..., FP] + total[..., FN]
+    return np.where(denominator > 0, 2 * total[..., TP] / np.maximum(denominator, 1), 1.0)
+
+
+def paired_bootstrap(
+    champion: np.ndarray, challenger: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> Interval:
+    """Percentile interval of F1(challenger) - F1(champion) over images resampled with replacement.
+
+    `champion` and `challenger` are (images, 3) TP/FP/FN counts on the same images, in the same order.
+    """
+    paired = champion.shape == challenger.shape and champion.ndim == 2 and champion.shape[1] == 3
+    if not (paired and len(champion)):
+        raise ValueError(
+            "paired counts must both be (images, 3) with at least one image, on the same images; "
+            f"got {champion.shape} and {challenger.shape}"
+        )
+    picks = np.random.default_rng(seed).integers(0, len(champion), size=(resamples, len(champion)))
+    deltas = f1(challenger[picks]) - f1(champion[picks])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(deltas, [tail, 100 - tail])
+    delta = float(f1(challenger) - f1(champion))
+    return Interval(round(delta, 5), round(float(low), 5), round(float(high), 5), level, resamples)
