@@ -3,12 +3,14 @@ label files written by Windows editors (BOM, CRLF). Each dataset is built here, 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from pipeline.core.config import FINDING_ACTIONS, DataConfig
+from pipeline.core.compose import compose_config
+from pipeline.core.config import FINDING_ACTIONS
 from pipeline.core.errors import DataError
 from pipeline.data.labels import read_labels
 from pipeline.data.readers import read_source
@@ -31,7 +33,9 @@ def dataset(root: Path, yaml_text: str, splits: tuple[str, ...] = ("train", "val
 
 
 def read(root: Path, **options) -> list:
-    source = read_source(DataConfig(name="t", format="yolo", path=str(root), **options), ["a"])
+    """The YOLO reader on `root`, with conf/'s data options and `options` over them."""
+    data = replace(compose_config(["data=yolo_dir", f"data.path={root}"]).data, **options)
+    source = read_source(data, ["a"])
     return list(source.entries())
 
 
