@@ -149,3 +149,18 @@ def test_pixels_of_a_reencoded_jpeg_match_its_decoded_source(tmp_path):
     damaged.write_bytes(damaged.read_bytes() + b"trailing garbage")
     _, _, out = prepare(tmp_path, source)
     assert np.array_equal(np.asarray(Image.open(out / "images/train/a.png").convert("RGB")), decoded)
+
+
+# ---- messages name the file ---------------------------------------------------------------------
+
+
+def test_an_undecodable_image_and_the_failure_name_the_file_and_accepted_actions(tmp_path):
+    source = yolo_tree(tmp_path / "src", clean(c=BOX))
+    (source / "images" / "train" / "c.png").write_bytes(b"not an image")
+    _, report, _ = prepare(tmp_path, source)
+    [finding] = [f for f in report["findings"] if f["kind"] == "unreadable_image"]
+    text = str(finding)
+    assert "BytesIO" not in text and "c.png" in text
+    failed, _, _ = prepare(tmp_path, source, "data.validation.policy.unreadable_image=error")
+    assert "data.validation.policy.unreadable_image=drop" in str(failed)
+    assert "=warn" not in str(failed)  # unreadable_image refuses warn: never offered
