@@ -69,7 +69,7 @@ def test_cache_shares_the_source_images_instead_of_copying_them(tmp_path):
 
 def test_every_drawn_figure_is_a_dvc_plot(tiny_pipeline):
     shown = json.loads(command(tiny_pipeline, "dvc", "plots", "show", "--json").stdout)
-    plotted = {Path(name).name for name in shown}
+    plotted = {Path(name).name for name in shown["data"]}
     drawn = {
         p.name
         for folder in ("reports/analyze/plots", "reports/evaluate/plots", "reports/benchmark")

@@ -53,6 +53,7 @@ def test_an_mlflow_uri_resolves_to_the_logged_checkpoint(tmp_path):
     weights = teacher(tmp_path / "logged", tuple(CLASSES))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("teachers")  # not the experiment id an earlier test left active in mlflow
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(weights), artifact_path="train/weights")
     cfg = student(tmp_path, f"train.distill.teacher=runs:/{run.info.run_id}/train/weights")
