@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.dvc_project import command
@@ -62,13 +64,20 @@ def failing_exp_run(repo: Path, override: str) -> str:
     return done.stdout + done.stderr
 
 
-def test_wrong_override_fails_at_once_naming_the_choices(tiny_pipeline):
-    output = failing_exp_run(tiny_pipeline, "model=yolo99x")
+@pytest.fixture
+def scratch_copy(tiny_pipeline, tmp_path) -> Path:
+    """A failed `dvc exp run` leaves the workspace without the outputs DVC removed before running the
+    failing stage (stats.json is not cached): the shared project must not lose them."""
+    return Path(shutil.copytree(tiny_pipeline, tmp_path / "copy", symlinks=True))
+
+
+def test_wrong_override_fails_at_once_naming_the_choices(scratch_copy):
+    output = failing_exp_run(scratch_copy, "model=yolo99x")
     assert "yolo99x" in output and "yolo11n" in output
-    assert "train.imgsz=100" in failing_exp_run(tiny_pipeline, "train.imgsz=100")
+    assert "train.imgsz=100" in failing_exp_run(scratch_copy, "train.imgsz=100")
 
 
-def test_thermal_hue_jitter_fails_before_training_naming_the_key(tiny_pipeline):
-    output = failing_exp_run(tiny_pipeline, "train.hsv_h=0.015")
+def test_thermal_hue_jitter_fails_before_training_naming_the_key(scratch_copy):
+    output = failing_exp_run(scratch_copy, "train.hsv_h=0.015")
     assert "train.hsv_h=0.015 is not allowed for sensor=thermal" in output
     assert "allow_unsafe_augmentation" in output and "Running stage 'train'" not in output
