@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import compose_config, write_params
+from pipeline.core.faults import KILL_ENV
 from pipeline.core.io import read_json
 from pipeline.data.prepare import run as prepare
 from pipeline.train import stage as train
@@ -70,26 +71,16 @@ def test_ultralytics_own_integrations_log_nothing(trained):
     assert len(runs) == 1, "Ultralytics' MLflow callback must stay off: one run per pipeline execution"
 
 
-def wait_for_first_epoch(save_dir: Path, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        rows = train.epoch_rows(save_dir / "results.csv")
-        if rows and (save_dir / "weights/last.pt").exists():
-            return
-        time.sleep(0.1)
-    raise AssertionError("training never finished its first epoch")
-
-
 def test_sigkill_then_rerun_resumes_into_the_same_run(tmp_path):
     overrides = [*tiny_overrides(tmp_path, images=24), "train.epochs=5"]
     params = write_params(tmp_path / "params.yaml", overrides)
     cfg = compose_config(overrides)
     prepare(cfg)
     command = [sys.executable, "-m", "pipeline", "train", "--params", str(params)]
-    first = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_first_epoch(Path(cfg.paths.train), first)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    # killed at a deterministic moment: during epoch 2, so epoch 1's checkpoint certainly exists
+    armed = {**os.environ, KILL_ENV: "mid_epoch:2"}
+    first = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, env=armed, timeout=600)
+    assert first.returncode == -signal.SIGKILL
     killed_run = read_json(TrainRun(Path(cfg.paths.train)).state)["run_id"]
 
     second = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
