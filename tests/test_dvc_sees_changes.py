@@ -39,15 +39,26 @@ def stale_stages(repo: Path) -> set[str]:
     return set(status)
 
 
-def test_new_source_images_make_prepare_stale_and_tracking_keys_do_not(tmp_path):
+def prepared_own_data(tmp_path: Path) -> tuple[Path, Path]:
+    """A project copy whose prepare stage ran on a YOLO folder outside it: (source, repo)."""
     source = write_yolo_dataset(tmp_path / "source", IMAGES)
     repo = make_project(tmp_path / "project", {})
-    overrides = ("data=yolo_dir", f"data.path={source}", "sensor=rgb", "classes=synthetic")
-    compose_and_commit(repo, "own data", *overrides)
+    compose_and_commit(repo, "own data", *own_data(source))
     command(repo, "dvc", "repro", "prepare")
+    return source, repo
+
+
+def own_data(source: Path) -> tuple[str, ...]:
+    return ("data=yolo_dir", f"data.path={source}", "sensor=rgb", "classes=synthetic")
+
+
+def test_new_source_images_make_prepare_stale_and_tracking_keys_do_not(tmp_path):
+    source, repo = prepared_own_data(tmp_path)
     assert "prepare" not in stale_stages(repo)
 
-    compose_and_commit(repo, "another tracking server", *overrides, "track.tracking_uri=sqlite:///other.db")
+    compose_and_commit(
+        repo, "another tracking server", *own_data(source), "track.tracking_uri=sqlite:///other.db"
+    )
     assert "prepare" not in stale_stages(repo)  # MLflow-only keys re-run nothing
 
     add_image(source, "seq9_f0", np.random.default_rng(1))
@@ -55,11 +66,7 @@ def test_new_source_images_make_prepare_stale_and_tracking_keys_do_not(tmp_path)
 
 
 def test_cache_shares_the_source_images_instead_of_copying_them(tmp_path):
-    source = write_yolo_dataset(tmp_path / "source", IMAGES)
-    repo = make_project(tmp_path / "project", {})
-    overrides = ("data=yolo_dir", f"data.path={source}", "sensor=rgb", "classes=synthetic")
-    compose_and_commit(repo, "own data", *overrides)
-    command(repo, "dvc", "repro", "prepare")
+    source, repo = prepared_own_data(tmp_path)
     prepared = sorted((repo / "data" / "prepared" / "images").rglob("*.jpg"))
     assert len(prepared) == IMAGES
     for image in prepared:  # source, workspace and cache: one inode
