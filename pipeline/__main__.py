@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from pipeline.core.cli import run_guarded
+
 COMMANDS = {
     "compose": ("pipeline.core.compose_command", "compose conf/ (+ Hydra overrides) into params.yaml"),
     "explain": ("pipeline.train.explain", "print the resolved training plan with a reason per value"),
@@ -49,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    from pipeline.core.cli import run_guarded
 
     return run_guarded(lambda: module.main(rest, prog=f"python -m pipeline {command}", command=command))
 

@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.core.compose import compose_config
-from pipeline.deploy import benchmark, export
+from pipeline.deploy import export
 from pipeline.deploy.int8 import quantize
+from pipeline.deploy.timing import Timing, summarise_timing, time_in_turn, warm_up
 from pipeline.model.inference import cpu_supports, open_runner
 from pipeline.model.info import ModelInfo, file_sha256
 
@@ -79,7 +80,7 @@ def runners(weights: Path, info: ModelInfo, threads: int) -> list:
     return found
 
 
-def report(timings: dict[str, benchmark.Timing], threads: int) -> bool:
+def report(timings: dict[str, Timing], threads: int) -> bool:
     eager = timings["pytorch"].p50_ms
     print(f"\nYOLO11n, 640 px, batch 1, {threads} threads (p50 of inference, formats timed in turn)")
     print(f"{'format':<16}{'p50 ms':>10}{'p95 ms':>10}{'vs PyTorch':>12}")
@@ -115,9 +116,9 @@ def main() -> int:
         sessions = runners(weights, info, args.threads)
         image = [test_image(args.imgsz)]
         for runner in sessions:
-            benchmark.warm_up(runner, image, info, [1], args.warmup)
-        timed = benchmark.time_in_turn(sessions, image, info, size=1, runs=args.runs)
-        met = report({name: benchmark.summarise_timing(1, s) for name, s in timed.items()}, args.threads)
+            warm_up(runner, image, info, [1], args.warmup)
+        timed = time_in_turn(sessions, image, info, size=1, runs=args.runs)
+        met = report({name: summarise_timing(1, s) for name, s in timed.items()}, args.threads)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0 if met else 1

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.core.artifacts import RUN_FILE
 from pipeline.core.faults import KILL_ENV
 from pipeline.core.io import write_json
-from pipeline.core.tracking import RUN_FILE
 from tests._tiny import TinyProject, start_run
 from tests.conftest import PROJECT_ROOT
 

@@ -33,6 +33,17 @@ def test_repro_produces_every_stage_output(tiny_pipeline):
         assert (tiny_pipeline / output).exists(), output
 
 
+def test_dvc_metrics_hold_the_headline_figures_only(tiny_pipeline):
+    """What `dvc exp show` lists as metrics: six columns, so experiments read side by side."""
+    shown = json.loads(command(tiny_pipeline, "dvc", "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    keys = {file: set(entry["data"]) for file, entry in files.items()}
+    assert keys == {
+        "reports/evaluate/metrics.json": {"precision", "recall", "mAP50", "mAP50-95"},
+        "reports/benchmark/benchmark.json": {"p50_ms", "fps"},
+    }
+
+
 def test_second_repro_is_up_to_date_within_seconds(tiny_pipeline):
     start = time.perf_counter()
     out = command(tiny_pipeline, "dvc", "repro").stdout

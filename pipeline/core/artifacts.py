@@ -5,7 +5,8 @@ files inside them are written here and nowhere else, so a newcomer finds what a 
 one page, and dvc.yaml's templated paths and the code can never disagree.
 
     prepare   -> prepared/{images,labels}/<split>/, data.yaml, manifest.json, report.{json,md}
-    analyze   -> analysis/stats.json (DVC metrics), recommendations.json, report.md, plots/
+                 (a failed run: prepared.failed-report/report.{json,md})
+    analyze   -> analysis/stats.json, recommendations.json, report.md, plots/
     train     -> train/ (Ultralytics' run folder: weights/{last,best}.pt, results.csv, args.yaml),
                  train_report/plan.json, run.json, metrics.json (DVC metrics), epochs.csv (DVC plot)
     evaluate  -> evaluation/metrics.json (DVC metrics), details.json, thresholds.json, report.md, plots/
@@ -13,22 +14,50 @@ one page, and dvc.yaml's templated paths and the code can never disagree.
     benchmark -> benchmark/benchmark.json (DVC metrics), details.json, benchmark.md, latency_vs_accuracy.png
     deploy    -> export/tensorrt/engines/model.<precision>.engine (+ .json), export/tensorrt/parity.json,
                  benchmark.json, benchmark.md; export/tensorrt_calibration/ (INT8 caches)
+
+The data-centric commands, outside `dvc repro`:
+
+    audit     -> audit/issues.json, index.html (the review page; it downloads corrections.json)
+    select    -> select/selection.json, label_studio.json, labels/ (pre-annotations)
+    scaling   -> scaling/forecast.json, report.md, scaling.png, subsets/
+    sweep     -> each job's folder: params.yaml, outcome.json and the stage folders above
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.core.config import PathsConfig, PipelineConfig
+if TYPE_CHECKING:  # the config imports PARAMS_FILE from here
+    from pipeline.core.config import PathsConfig, PipelineConfig
 
 PARAMS_FILE = "params.yaml"
+BEST_WEIGHTS = "best.pt"
+RUN_FILE = "run.json"  # in paths.train_report: the MLflow run that evaluate, export and benchmark append to
+# What the review page downloads and `data.corrections` reads back (pipeline.data.corrections).
+CORRECTIONS_FILE = "corrections.json"
+CORRECTIONS_FORMAT = 1
+ANALYSIS_PLOTS = ("object_sizes.png", "class_counts.png", "boxes_per_image.png", "box_centres.png")
+# Ultralytics' curve plots, as its validator names them -> the names evaluate publishes them under.
+CURVE_PLOTS = {
+    "BoxPR_curve.png": "pr_curve.png",
+    "BoxF1_curve.png": "f1_curve.png",
+    "BoxP_curve.png": "precision_curve.png",
+    "BoxR_curve.png": "recall_curve.png",
+}
+AP_PER_CLASS_PLOT = "ap_per_class.png"
 
 # Ultralytics' names for its validation metrics, as its results.csv spells them, and the sweep's
 # short names for them (what a user types in `hydra.sweeper.metric`).
 RESULTS_MAP50_95 = "metrics/mAP50-95(B)"
 RESULTS_MAP50 = "metrics/mAP50(B)"
-SWEEP_METRICS = {"mAP50-95": RESULTS_MAP50_95, "mAP50": RESULTS_MAP50}
+SWEEP_METRICS = {
+    "mAP50-95": RESULTS_MAP50_95,
+    "mAP50": RESULTS_MAP50,
+    "precision": "metrics/precision(B)",
+    "recall": "metrics/recall(B)",
+}
 
 
 @dataclass(frozen=True)
@@ -47,20 +76,16 @@ class Artifacts:
         return Path(self.paths.prepared)
 
     @property
+    def dataset(self) -> PreparedDataset:
+        return PreparedDataset(self.prepared)
+
+    @property
     def data_yaml(self) -> Path:
-        return self.prepared / "data.yaml"
+        return self.dataset.data_yaml
 
     @property
     def manifest(self) -> Path:
-        return self.prepared / "manifest.json"
-
-    @property
-    def prepare_report_json(self) -> Path:
-        return self.prepared / "report.json"
-
-    @property
-    def prepare_report_md(self) -> Path:
-        return self.prepared / "report.md"
+        return self.dataset.manifest
 
     # analyze
     @property
@@ -69,6 +94,7 @@ class Artifacts:
 
     @property
     def stats(self) -> Path:
+        """Dataset statistics; not DVC metrics, which `dvc exp show` keeps for experiment results."""
         return self.analysis / "stats.json"
 
     @property
@@ -102,8 +128,7 @@ class Artifacts:
 
     @property
     def run_file(self) -> Path:
-        """The MLflow run id that evaluate, export and benchmark append to."""
-        return self.train_report / "run.json"
+        return self.train_report / RUN_FILE
 
     @property
     def train_metrics(self) -> Path:
@@ -186,6 +211,53 @@ class Artifacts:
     def tensorrt_benchmark(self) -> BenchmarkFiles:
         return BenchmarkFiles(self.tensorrt_reports)
 
+    # the data-centric commands
+    @property
+    def audit(self) -> AuditFiles:
+        return AuditFiles(Path(self.paths.audit))
+
+    @property
+    def select(self) -> SelectFiles:
+        return SelectFiles(Path(self.paths.select))
+
+    @property
+    def scaling(self) -> ScalingFiles:
+        return ScalingFiles(Path(self.paths.scaling))
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset in the YOLO layout as prepare writes it: {paths.prepared}, its staging folder, or a
+    scaling subset."""
+
+    folder: Path
+
+    @property
+    def data_yaml(self) -> Path:
+        return self.folder / "data.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / "manifest.json"
+
+    @property
+    def report_json(self) -> Path:
+        return self.folder / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.folder / "report.md"
+
+    @property
+    def failed_report(self) -> PreparedDataset:
+        """Where a failed prepare leaves its reports, so the last good dataset stays as it was."""
+        return PreparedDataset(self.folder.with_name(self.folder.name + ".failed-report"))
+
+    @property
+    def sweep_claim(self) -> Path:
+        """Beside the dataset: the dataset keys and hash a sweep's shared dataset was claimed with."""
+        return self.folder.with_name(f"{self.folder.name}.sweep-dataset.json")
+
 
 @dataclass(frozen=True)
 class TrainRun:
@@ -199,7 +271,7 @@ class TrainRun:
 
     @property
     def best_weights(self) -> Path:
-        return self.folder / "weights" / "best.pt"
+        return self.folder / "weights" / BEST_WEIGHTS
 
     @property
     def results_csv(self) -> Path:
@@ -238,6 +310,79 @@ class BenchmarkFiles:
     @property
     def plot(self) -> Path:
         return self.folder / "latency_vs_accuracy.png"
+
+
+@dataclass(frozen=True)
+class AuditFiles:
+    folder: Path
+
+    @property
+    def issues(self) -> Path:
+        """The ranked label issues, worst first."""
+        return self.folder / "issues.json"
+
+    @property
+    def page(self) -> Path:
+        return self.folder / "index.html"
+
+
+@dataclass(frozen=True)
+class SelectFiles:
+    folder: Path
+
+    @property
+    def selection(self) -> Path:
+        return self.folder / "selection.json"
+
+    @property
+    def label_studio(self) -> Path:
+        return self.folder / "label_studio.json"
+
+    @property
+    def preannotations(self) -> Path:
+        """YOLO txt pre-annotations, one per picked image."""
+        return self.folder / "labels"
+
+
+@dataclass(frozen=True)
+class ScalingFiles:
+    folder: Path
+    plot_name = "scaling.png"  # the report links it by name
+
+    @property
+    def forecast(self) -> Path:
+        return self.folder / "forecast.json"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "report.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.folder / self.plot_name
+
+    def subset(self, fraction: float) -> Path:
+        """A nested training subset's own project folder (its prepared/ and its runs)."""
+        return self.folder / "subsets" / f"f{fraction:g}"
+
+    def subset_listing(self, fraction: float) -> Path:
+        """The subset's training images, one path a line (its data.yaml's `train:`)."""
+        return self.subset(fraction) / "train.txt"
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One sweep job's folder: its params and its outcome beside the stage folders it owns."""
+
+    folder: Path
+
+    @property
+    def params(self) -> Path:
+        return self.folder / PARAMS_FILE
+
+    @property
+    def outcome(self) -> Path:
+        return self.folder / "outcome.json"
 
 
 def metadata_path(model: Path) -> Path:

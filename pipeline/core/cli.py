@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.core.artifacts import PARAMS_FILE
 from pipeline.core.errors import PipelineError
 
 EXIT_USER_ERROR = 2
@@ -17,7 +18,7 @@ def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--params",
         type=Path,
-        default=Path("params.yaml"),
+        default=Path(PARAMS_FILE),
         help="composed parameters to read (default: params.yaml)",
     )
     return parser

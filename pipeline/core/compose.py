@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.core.config import PipelineConfig, validate
 from pipeline.core.errors import ConfigError
@@ -30,7 +31,6 @@ def compose_raw(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> Dic
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     # Inside a running Hydra app (a sweep job) the global instance is taken: set it aside.
     running_app = GlobalHydra.instance().hydra

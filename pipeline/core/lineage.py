@@ -6,6 +6,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from pipeline.core.compose import compose_config
 from pipeline.core.config import PipelineConfig, to_flat_dict
 
 TRACKED_PACKAGES = ("ultralytics", "torch", "mlflow", "dvc", "hydra-core", "optuna", "onnxruntime")
@@ -44,8 +45,6 @@ def overrides_against_defaults(cfg: PipelineConfig) -> list[str]:
     DVC composes params.yaml itself on `dvc exp run -S ...` and does not pass the overrides on, so
     they are recovered by difference; group choices show as e.g. `model.name=yolo11s`.
     """
-    from pipeline.core.compose import compose_config
-
     defaults = to_flat_dict(compose_config())
     current = to_flat_dict(cfg)
     changed = [key for key in current if defaults.get(key, _MISSING) != current[key]]

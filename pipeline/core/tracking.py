@@ -8,18 +8,18 @@ The tracking URI is `track.tracking_uri` (SQLite in the project root by default)
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import MissingDependencyError
 from pipeline.core.io import read_json
 
-RUN_FILE = "run.json"
 REDACTED = "***"
 # `scheme://user:password@host`: the password goes, the user stays (it helps to tell stores apart).
 _URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+:)[^@/\s]+@")
@@ -51,12 +51,8 @@ def configure(cfg: PipelineConfig):
     return mlflow
 
 
-def run_file(cfg: PipelineConfig) -> Path:
-    return Path(cfg.paths.train_report) / RUN_FILE
-
-
 def read_run_id(cfg: PipelineConfig) -> str:
-    path = run_file(cfg)
+    path = Artifacts.of(cfg).run_file
     if not path.exists():
         raise MissingDependencyError(f"{path} not found: run the train stage first (dvc repro train)")
     return read_json(path)["run_id"]
@@ -72,8 +68,6 @@ def stage_run(cfg: PipelineConfig) -> Iterator[Any]:
 
 def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
     """Log finite numeric values under `prefix`; MLflow keys cannot hold some characters."""
-    import math
-
     import mlflow
 
     clean = {

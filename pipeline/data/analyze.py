@@ -17,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from pipeline.core import rules
+from pipeline.core import advice, rules
+from pipeline.core.artifacts import Artifacts, PreparedDataset
 from pipeline.core.cli import stage_parser
+from pipeline.core.compose import CONF_DIR
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import DataError
+from pipeline.core.prepared import read_data_yaml
 from pipeline.core.rules import DatasetFacts, Decision, Plan
 from pipeline.data import labels
+from pipeline.data.analyze_report import write_outputs
 from pipeline.data.labels import LabelTable
 
 HEATMAP_BINS = 64
@@ -149,9 +154,9 @@ def aspect_summary(width: np.ndarray, height: np.ndarray) -> dict[str, float]:
 
 def size_bucket_counts(sides: np.ndarray) -> dict[str, int]:
     """Objects per guide bucket (13.1.1): an edge value belongs to the bucket above it."""
-    edges = [limit for _, limit in rules.SIZE_BUCKETS[:-1]]
-    counts = np.bincount(np.searchsorted(edges, sides, side="right"), minlength=len(rules.SIZE_BUCKETS))
-    return {name: int(n) for (name, _), n in zip(rules.SIZE_BUCKETS, counts, strict=True)}
+    edges = [limit for _, limit in advice.SIZE_BUCKETS[:-1]]
+    counts = np.bincount(np.searchsorted(edges, sides, side="right"), minlength=len(advice.SIZE_BUCKETS))
+    return {name: int(n) for (name, _), n in zip(advice.SIZE_BUCKETS, counts, strict=True)}
 
 
 def centre_heatmap(boxes: np.ndarray, bins: int = HEATMAP_BINS) -> np.ndarray:
@@ -184,7 +189,7 @@ def split_statistics(data: SplitData, names: list[str], imgsz: int) -> SplitStat
         size_buckets=size_bucket_counts(sides),
         fraction_small=fraction_below(sides, rules.SMALL_OBJECT_PX),
         fraction_small_source=fraction_below(source_sides, rules.SMALL_OBJECT_PX),
-        fraction_tiny=fraction_below(sides, rules.TINY_OBJECT_PX),
+        fraction_tiny=fraction_below(sides, advice.TINY_OBJECT_PX),
         max_side=int(data.sizes.max()) if data.sizes.size else 0,
         sides=sides.astype(np.float32),
         per_image=per_image,
@@ -207,9 +212,10 @@ def class_mapping(dataset_names: list[str], names: list[str], source: Path) -> n
 
 
 def read_dataset(root: Path, names: list[str]) -> list[SplitData]:
-    data = labels.read_data_yaml(root)
-    dataset_names = labels.class_names(data, root / "data.yaml")
-    mapping = class_mapping(dataset_names, names, root / "data.yaml")
+    dataset = PreparedDataset(root)
+    data = read_data_yaml(dataset)
+    dataset_names = labels.class_names(data, dataset.data_yaml)
+    mapping = class_mapping(dataset_names, names, dataset.data_yaml)
     known_sizes = labels.manifest_sizes(root)
     splits = []
     for split in labels.read_splits(root, data):
@@ -225,8 +231,6 @@ def read_dataset(root: Path, names: list[str]) -> list[SplitData]:
 
 def model_configs(conf_dir: Path) -> list[dict[str, Any]]:
     """name, family, scale and p2_head of every conf/model file."""
-    import yaml
-
     configs = []
     for path in sorted(conf_dir.glob("*.yaml")):
         with path.open(encoding="utf-8") as handle:
@@ -258,9 +262,9 @@ def recommend(
 ) -> tuple[Decision, ...]:
     """Model family, scale, P2 head (from the analysis) and the plan's resolution, epochs and lr0."""
     platform, imgsz = cfg.hardware.platform, plan.value("imgsz")
-    family, family_reason = rules.model_family_rule(train.fraction_small, facts.train_images, platform)
-    scale, scale_reason = rules.scale_rule(facts.train_images, cfg.hardware.max_scale, cfg.hardware.name)
-    p2, p2_reason = rules.p2_head_rule(train.fraction_tiny, train.fraction_small, imgsz, platform)
+    family, family_reason = advice.model_family_rule(train.fraction_small, facts.train_images, platform)
+    scale, scale_reason = advice.scale_rule(facts.train_images, cfg.hardware.max_scale, cfg.hardware.name)
+    p2, p2_reason = advice.p2_head_rule(train.fraction_tiny, train.fraction_small, imgsz, platform)
     if p2:
         p2, p2_reason = p2_within_family(p2_reason, configs, scale, family)
     names = pick_models(configs, scale, family, False)
@@ -299,8 +303,6 @@ def resolve_for_analysis(cfg: PipelineConfig, facts: DatasetFacts) -> Plan:
 
 def measure(cfg: PipelineConfig) -> AnalyzeResult:
     """Read the prepared dataset and compute everything; writes nothing."""
-    from pipeline.core.compose import CONF_DIR
-
     names = list(cfg.classes.names)
     splits = read_dataset(Path(cfg.paths.prepared), names)
     facts = dataset_facts(splits[0], len(names))
@@ -309,15 +311,13 @@ def measure(cfg: PipelineConfig) -> AnalyzeResult:
     stats = tuple(split_statistics(split, names, imgsz) for split in splits)
     configs = model_configs(CONF_DIR / "model")
     recommendations = recommend(cfg, facts, stats[0], plan, configs)
-    class_warnings = rules.data_warnings(cfg.sensor, names, facts, stats[0].class_instances)
+    class_warnings = advice.data_warnings(cfg.sensor, names, facts, stats[0].class_instances)
     warnings = tuple(class_warnings) + plan.warnings
     return AnalyzeResult(imgsz, facts, stats, recommendations, plan, warnings, Path(cfg.paths.analysis))
 
 
 def run(cfg: PipelineConfig) -> AnalyzeResult:
     """Measure, then write stats.json, recommendations.json, report.md and plots/."""
-    from pipeline.data.analyze_report import write_outputs
-
     result = measure(cfg)
     write_outputs(cfg, result)
     return result
@@ -326,7 +326,8 @@ def run(cfg: PipelineConfig) -> AnalyzeResult:
 def main(argv: list[str], prog: str = "analyze", command: str = "analyze") -> int:
     parser = stage_parser(prog, "Dataset statistics, plots and recommendations (with reasons).")
     args = parser.parse_args(argv)
-    result = run(load_params(args.params))
+    cfg = load_params(args.params)
+    result = run(cfg)
     train = result.splits[0]
     print(
         f"analyzed {', '.join(f'{s.name} {s.images} images/{s.instances} boxes' for s in result.splits)}; "
@@ -336,5 +337,6 @@ def main(argv: list[str], prog: str = "analyze", command: str = "analyze") -> in
         print(f"  {decision.key}: {decision.value} ({decision.reason})")
     for warning in result.warnings:
         print(f"  WARNING: {warning}")
-    print(f"wrote {result.output_dir}/stats.json, recommendations.json, report.md, plots/")
+    files = Artifacts.of(cfg)
+    print(f"wrote {files.stats}, {files.recommendations}, {files.analysis_report}, {files.analysis_plots}/")
     return 0

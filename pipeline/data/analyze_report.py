@@ -1,4 +1,4 @@
-"""What `analyze` writes: stats.json (DVC metrics), recommendations.json, report.md and plots/*.png."""
+"""What `analyze` writes: stats.json, recommendations.json, report.md and plots/*.png."""
 
 from __future__ import annotations
 
@@ -8,22 +8,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.core import rules
+from pipeline.core import advice, rules
+from pipeline.core.artifacts import ANALYSIS_PLOTS, Artifacts
 from pipeline.core.config import PipelineConfig
 from pipeline.core.io import atomic_path, write_json, write_text
 
 if TYPE_CHECKING:
     from pipeline.data.analyze import AnalyzeResult, SplitStats
 
-PLOT_FILES = ("object_sizes.png", "class_counts.png", "boxes_per_image.png", "box_centres.png")
-
 
 def write_outputs(cfg: PipelineConfig, result: AnalyzeResult) -> None:
-    out = result.output_dir
-    write_json(out / "stats.json", {"imgsz": result.imgsz, **{s.name: s.metrics() for s in result.splits}})
-    write_json(out / "recommendations.json", recommendations_payload(cfg, result))
-    write_plots(result, out / "plots")
-    write_text(out / "report.md", report_markdown(cfg, result))
+    files = Artifacts.of(cfg)
+    write_json(files.stats, {"imgsz": result.imgsz, **{s.name: s.metrics() for s in result.splits}})
+    write_json(files.recommendations, recommendations_payload(cfg, result))
+    write_plots(result, files.analysis_plots)
+    write_text(files.analysis_report, report_markdown(cfg, result))
 
 
 def recommendations_payload(cfg: PipelineConfig, result: AnalyzeResult) -> dict:
@@ -79,7 +78,7 @@ def report_markdown(cfg: PipelineConfig, result: AnalyzeResult) -> str:
         "",
         "## Plots",
         "",
-        *(f"![{name}](plots/{name})" for name in PLOT_FILES),
+        *(f"![{name}](plots/{name})" for name in ANALYSIS_PLOTS),
     ]
     return "\n".join(lines) + "\n"
 
@@ -97,7 +96,7 @@ def _split_table(splits: tuple[SplitStats, ...]) -> list[str]:
             f"{name} ({_bucket_range(i)})": lambda s, name=name: _count_share(
                 s.size_buckets[name], s.instances
             )
-            for i, (name, _) in enumerate(rules.SIZE_BUCKETS)
+            for i, (name, _) in enumerate(advice.SIZE_BUCKETS)
         },
         "under 64 px at training size": lambda s: f"{s.fraction_small:.1%}",
         "under 64 px at source size": lambda s: f"{s.fraction_small_source:.1%}",
@@ -124,8 +123,8 @@ def _count_share(count: int, total: int) -> str:
 
 
 def _bucket_range(index: int) -> str:
-    low = rules.SIZE_BUCKETS[index - 1][1] if index else 0
-    high = rules.SIZE_BUCKETS[index][1]
+    low = advice.SIZE_BUCKETS[index - 1][1] if index else 0
+    high = advice.SIZE_BUCKETS[index][1]
     return f">= {low:g} px" if high == float("inf") else f"{low:g}-{high:g} px" if low else f"< {high:g} px"
 
 
@@ -140,7 +139,7 @@ def write_plots(result: AnalyzeResult, folder: Path) -> list[Path]:
 
     drawers = (plot_object_sizes, plot_class_counts, plot_boxes_per_image, plot_box_centres)
     written = []
-    for name, draw in zip(PLOT_FILES, drawers, strict=True):
+    for name, draw in zip(ANALYSIS_PLOTS, drawers, strict=True):
         figure, axes = plt.subplots(figsize=(8, 5), constrained_layout=True)
         try:
             draw(axes, result)
@@ -161,7 +160,7 @@ def plot_object_sizes(axes, result: AnalyzeResult) -> None:
     for split, values in zip(result.splits, sides, strict=True):
         axes.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{split.name} ({values.size})")
     lower = low
-    for name, limit in rules.SIZE_BUCKETS:
+    for name, limit in advice.SIZE_BUCKETS:
         upper = min(limit, high)
         middle = float(np.sqrt(lower * upper))
         axes.text(middle, 0.98, name, transform=axes.get_xaxis_transform(), ha="center", va="top")

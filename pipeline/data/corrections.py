@@ -13,20 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.artifacts import CORRECTIONS_FILE, CORRECTIONS_FORMAT
 from pipeline.core.errors import DataError
 from pipeline.core.io import read_json
 
-CORRECTIONS_FILE = "corrections.json"
-FORMAT_VERSION = 1
 MATCH_IOU = 0.9  # the label box a correction names must still be (almost exactly) where it was
 
 
 def read_corrections(path: Path) -> dict[str, list[dict]]:
     """Accepted corrections by image file name."""
     payload = read_json(path)
-    if payload.get("format") != FORMAT_VERSION:
+    if payload.get("format") != CORRECTIONS_FORMAT:
         raise DataError(
-            f"{path}: format {payload.get('format')!r}; expected {FORMAT_VERSION} (save it again)"
+            f"{path}: format {payload.get('format')!r}; expected {CORRECTIONS_FORMAT} (save it again)"
         )
     by_image: dict[str, list[dict]] = defaultdict(list)
     for entry in payload["corrections"]:

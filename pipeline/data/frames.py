@@ -17,13 +17,10 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.core.config import (
-    NormalizeConfig,
-    PipelineConfig,
-    ValidationConfig,
-)
+from pipeline.core.config import PipelineConfig
+from pipeline.core.data_config import NormalizeConfig, ValidationConfig
 from pipeline.core.errors import DataError
-from pipeline.data.readers import Entry, Source
+from pipeline.data.source import Entry, Source
 from pipeline.data.validation import (
     ClassResolver,
     FindingLog,

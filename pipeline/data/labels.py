@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
+from pipeline.core.artifacts import PreparedDataset
 from pipeline.core.errors import DataError
+from pipeline.core.io import read_json
 
 IMAGE_SUFFIXES = frozenset(
     {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
@@ -55,16 +59,6 @@ class Split:
 
 
 # ---- dataset layout ------------------------------------------------------------------------------
-
-
-def read_data_yaml(root: Path) -> dict:
-    import yaml
-
-    path = root / "data.yaml"
-    if not path.exists():
-        raise DataError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
-    with path.open(encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
 
 
 def class_names(data: dict, source: Path) -> list[str]:
@@ -111,24 +105,20 @@ def read_splits(root: Path, data: dict) -> list[Split]:
             images = list_images(folder)
             splits.append(Split(key, images, tuple(label_path(p) for p in images)))
     if not splits or splits[0].name != "train" or not splits[0].images:
-        raise DataError(f"{root / 'data.yaml'}: no training images (check its `train:` folder)")
+        raise DataError(f"{PreparedDataset(root).data_yaml}: no training images (check its `train:` folder)")
     return splits
 
 
 def manifest_sizes(root: Path) -> dict[str, tuple[int, int]]:
     """(width, height) per image path relative to `root`, as prepare recorded them in manifest.json:
     the frame its labels are normalised by, known without opening 50,000 image headers."""
-    from pipeline.core.io import read_json
-
-    path = root / "manifest.json"
+    path = PreparedDataset(root).manifest
     files = read_json(path).get("files", []) if path.exists() else []
     return {f["path"]: (int(f["width"]), int(f["height"])) for f in files if "width" in f}
 
 
 def read_image_sizes(images: Sequence[Path], root: Path, known: dict[str, tuple[int, int]]) -> np.ndarray:
     """(F, 2) width, height of each image: from `known` (the manifest), else from its header."""
-    from tqdm import tqdm
-
     sizes = np.empty((len(images), 2), dtype=np.int64)
     for i, path in enumerate(tqdm(images, desc="image sizes", unit="img", disable=None, leave=False)):
         key = path.relative_to(root).as_posix() if path.is_relative_to(root) else None
@@ -138,8 +128,6 @@ def read_image_sizes(images: Sequence[Path], root: Path, known: dict[str, tuple[
 
 def header_size(path: Path) -> tuple[int, int]:
     """Width and height as displayed (EXIF rotation applied), without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -180,8 +168,6 @@ def read_labels(paths: Sequence[str], num_classes: int) -> LabelTable:
 def read_bytes(paths: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
     """Each file's bytes (b"" when absent) and which were absent. Raw os calls: a buffered
     file object per file costs more than reading these few hundred bytes."""
-    from tqdm import tqdm
-
     chunks, missing = [], np.zeros(len(paths), dtype=bool)
     for i, path in enumerate(tqdm(paths, desc="label files", unit="file", disable=None, leave=False)):
         try:

@@ -29,13 +29,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.core.config import (
-    PipelineConfig,
-    SplitConfig,
-)
+from pipeline.core.cli import stage_parser
+from pipeline.core.config import PipelineConfig, load_params
+from pipeline.core.data_config import SplitConfig
 from pipeline.data.corrections import apply_corrections, read_corrections
 from pipeline.data.frames import POOL, Context, Item, dataset_range, decide_frame, decode, stage_image
-from pipeline.data.readers import Entry, Source, read_source
+from pipeline.data.readers import read_source
+from pipeline.data.source import Entry, Source
 from pipeline.data.split import assign_splits, check_duplicates, split_history
 from pipeline.data.validation import (
     ClassResolver,
@@ -68,9 +68,6 @@ def run(cfg: PipelineConfig) -> PrepareResult:
 
 
 def main(argv: list[str], prog: str = "python -m pipeline prepare", command: str = "prepare") -> int:
-    from pipeline.core.cli import stage_parser
-    from pipeline.core.config import load_params
-
     parser = stage_parser(prog, "Read, validate and split the dataset `data` describes into paths.prepared.")
     args = parser.parse_args(argv)
     cfg = load_params(args.params)

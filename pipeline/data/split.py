@@ -7,14 +7,10 @@ import hashlib
 from collections import Counter, defaultdict
 from dataclasses import replace
 
-from pipeline.core.config import (
-    SPLITS,
-    SplitConfig,
-    ValidationConfig,
-)
+from pipeline.core.data_config import SPLITS, SplitConfig, ValidationConfig
 from pipeline.core.errors import DataError
 from pipeline.data.frames import Item
-from pipeline.data.readers import Source
+from pipeline.data.source import Source
 from pipeline.data.validation import (
     FindingLog,
     hash_bits,

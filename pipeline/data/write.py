@@ -17,22 +17,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.core.config import (
-    SPLITS,
-    DataConfig,
-)
+from pipeline.core.artifacts import PreparedDataset
+from pipeline.core.data_config import SPLITS, DataConfig
 from pipeline.core.errors import DataError
 from pipeline.core.io import recover_swap, swap_dir, write_json, write_text
 from pipeline.data.frames import POOL, Context, Item
-from pipeline.data.validation import (
-    FindingLog,
-    first_errors,
-    policy_choices,
-    render_markdown,
-    report_payload,
-)
-
-FAILED_REPORT_SUFFIX = ".failed-report"  # {paths.prepared}.failed-report/: a failed run's reports
+from pipeline.data.prepare_report import first_errors, policy_choices, render_markdown, report_payload
+from pipeline.data.validation import FindingLog
 
 
 @dataclass(frozen=True)
@@ -58,7 +49,8 @@ def finish(
     cfg, log = context.cfg, context.log
     names = list(cfg.classes.names)
     files = write_layout(stage, items)
-    files.append(("data.yaml", write_data_yaml(stage, items, names, cfg.sensor.channels)))
+    data_yaml_hash = write_data_yaml(stage, items, names, cfg.sensor.channels)
+    files.append((PreparedDataset(stage).data_yaml.name, data_yaml_hash))
     counts = count(items, names)
     manifest = build_manifest(cfg.data, items, files, mode, counts, context)
     empty = [s for s in ("train", "val") if counts["splits"][s]["images"] == 0]
@@ -74,9 +66,9 @@ def finish(
     if status == "failed":
         clear_dataset(stage)
     else:
-        write_json(stage / "manifest.json", manifest | {"split_origins": origins})
-    write_json(stage / "report.json", payload)
-    write_text(stage / "report.md", render_markdown(payload))
+        write_json(PreparedDataset(stage).manifest, manifest | {"split_origins": origins})
+    write_json(PreparedDataset(stage).report_json, payload)
+    write_text(PreparedDataset(stage).report_md, render_markdown(payload))
     if status == "failed":
         kept = out.exists()
         swap_dir(stage, failed_report_dir(out))
@@ -87,7 +79,7 @@ def finish(
 
 
 def failed_report_dir(out: Path) -> Path:
-    return out.parent / f"{out.name}{FAILED_REPORT_SUFFIX}"
+    return PreparedDataset(out).failed_report.folder
 
 
 def write_layout(stage: Path, items: list[Item]) -> list[tuple[str, str]]:
@@ -122,7 +114,7 @@ def write_data_yaml(stage: Path, items: list[Item], names: list[str], channels: 
         doc["channels"] = 1
     text = "# Written by `python -m pipeline prepare`; paths are relative to this file.\n"
     text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-    (stage / "data.yaml").write_text(text, encoding="utf-8")
+    PreparedDataset(stage).data_yaml.write_text(text, encoding="utf-8")
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -205,7 +197,7 @@ def result_of(
         per_class=counts["per_class"],
         findings=found,
         actions={kind: log.action(kind) for kind in found},
-        report=out / "report.md",
+        report=PreparedDataset(out).report_md,
         split_origins=origins,
     )
 
@@ -217,7 +209,7 @@ def failure_message(log: FindingLog, empty: list[str], out: Path, kept: bool) ->
     previous = f"the previous dataset in {out} was kept as it was" if kept else f"{out} was not created"
     parts = [
         f"prepare failed; no dataset was written ({previous}).",
-        f"Reports: {reports / 'report.md'} and .json.",
+        f"Reports: {PreparedDataset(reports).report_md} and .json.",
     ]
     if errors:
         parts.append(f"{len(errors)} finding(s) whose policy is error ({kinds}). First: {first_errors(log)}.")
@@ -265,4 +257,4 @@ def process_alive(pid: int) -> bool:
 def clear_dataset(stage: Path) -> None:
     for name in ("images", "labels"):
         shutil.rmtree(stage / name, ignore_errors=True)
-    (stage / "data.yaml").unlink(missing_ok=True)
+    PreparedDataset(stage).data_yaml.unlink(missing_ok=True)

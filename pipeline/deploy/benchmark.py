@@ -19,9 +19,7 @@ Accuracy is mAP50-95 on the first `benchmark.images` validation images, through 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,22 +29,24 @@ import numpy as np
 from pipeline.core import tracking
 from pipeline.core.artifacts import Artifacts, BenchmarkFiles
 from pipeline.core.cli import stage_parser
-from pipeline.core.config import BenchmarkConfig, PipelineConfig, load_params
+from pipeline.core.config import PipelineConfig, load_params
+from pipeline.core.deploy_config import BenchmarkConfig
 from pipeline.core.io import write_json, write_text
 from pipeline.core.markdown import table
-from pipeline.deploy.export import exported_models, models_dir, weights_path
-from pipeline.model.images import preprocess
-from pipeline.model.inference import Runner, cpu_supports, decode, open_runner
-from pipeline.model.info import ModelInfo, read_model_info, require_weights
+from pipeline.deploy.timing import (
+    MEMORY_METHODS,
+    Timing,
+    accepts,
+    end_to_end_fps,
+    peak_memory,
+    summarise_timing,
+    time_in_turn,
+    warm_up,
+)
+from pipeline.model.inference import Runner, cpu_supports, open_runner
+from pipeline.model.info import ModelInfo, exported_models, read_model_info, require_weights
 from pipeline.model.scoring import Sample, load_images, measure_map, read_split
 from pipeline.model.tensorrt import missing_requirements
-
-DEPLOY_CONF = 0.25  # postprocessing is timed as a deployment runs it, not at the mAP protocol's 0.001
-DEPLOY_IOU = 0.7
-MEMORY_METHODS = {
-    True: "growth of peak RSS (VmHWM, reset via /proc/self/clear_refs) over session creation and warm-up",
-    False: "growth of RSS (psutil) over session creation and warm-up: a lower bound of the peak",
-}
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,6 @@ class Candidate:
     name: str
     path: Path
     precision: str = "f32"  # OpenVINO's runtime precision; the other runtimes run the file as it is
-
-
-@dataclass(frozen=True)
-class Timing:
-    batch: int
-    mean_ms: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    throughput_ips: float  # images per second of inference
-    preprocess_p50_ms: float
-    postprocess_p50_ms: float
 
 
 @dataclass(frozen=True)
@@ -96,125 +84,13 @@ class BenchmarkResult:
         return next(f for f in self.formats if f.name == name)
 
 
-# ---- memory ---------------------------------------------------------------------------------------
-
-
-def proc_status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark for this process; False where /proc does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_kb() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss // 1024
-
-
-def release_freed_memory() -> None:
-    """Return freed heap pages to the OS first, so memory freed by an earlier session is not reused unseen."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the measurement is a lower bound there
-        return
-
-
-@contextmanager
-def peak_memory() -> Iterator[list[float]]:
-    """Yields a list that receives the peak memory growth in MB when the block ends."""
-    release_freed_memory()
-    exact = reset_peak_rss()
-    base = rss_kb()
-    growth: list[float] = []
-    yield growth
-    peak = proc_status_kb("VmHWM") if exact else rss_kb()
-    growth.append(max(0.0, (peak - base) / 1024))
-
-
-# ---- timing ---------------------------------------------------------------------------------------
-
-
-def batch_of(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
-    return [images[i % len(images)] for i in range(size)]
-
-
-def time_once(runner: Runner, images: Sequence[np.ndarray], info: ModelInfo) -> tuple[float, float, float]:
-    """(preprocess, inference, postprocess) seconds for one batch."""
-    start = time.perf_counter()
-    batch = preprocess(images, info.imgsz)
-    prepared = time.perf_counter()
-    raw = runner.infer(batch.array)
-    inferred = time.perf_counter()
-    decode(raw, batch, info, DEPLOY_CONF, DEPLOY_IOU, multi_label=False)
-    return prepared - start, inferred - prepared, time.perf_counter() - inferred
-
-
-def warm_up(
-    runner: Runner, images: Sequence[np.ndarray], info: ModelInfo, batches: Sequence[int], runs: int
-) -> None:
-    for size in batches:
-        if accepts(runner, size):
-            for _ in range(runs):
-                time_once(runner, batch_of(images, size), info)
-
-
-def accepts(runner: Runner, size: int) -> bool:
-    return runner.batch in (None, size)
-
-
-def time_in_turn(
-    runners: Sequence[Runner], images: Sequence[np.ndarray], info: ModelInfo, size: int, runs: int
-) -> dict[str, list[tuple[float, float, float]]]:
-    """Round-robin timing: each round runs every runner once, in turn."""
-    from tqdm import tqdm
-
-    picked, samples = batch_of(images, size), {r.name: [] for r in runners}
-    for _ in tqdm(range(runs), desc=f"batch {size}", unit="round"):
-        for runner in runners:
-            samples[runner.name].append(time_once(runner, picked, info))
-    return samples
-
-
-def summarise_timing(size: int, samples: Sequence[tuple[float, float, float]]) -> Timing:
-    pre, infer, post = (np.asarray(part) * 1000 for part in zip(*samples, strict=True))
-    p50, p95, p99 = np.percentile(infer, [50, 95, 99])
-    return Timing(
-        batch=size,
-        mean_ms=round(float(infer.mean()), 3),
-        p50_ms=round(float(p50), 3),
-        p95_ms=round(float(p95), 3),
-        p99_ms=round(float(p99), 3),
-        throughput_ips=round(size * 1000 / float(infer.mean()), 2),
-        preprocess_p50_ms=round(float(np.median(pre)), 3),
-        postprocess_p50_ms=round(float(np.median(post)), 3),
-    )
-
-
-def end_to_end_fps(timing: Timing) -> float:
-    return round(1000 / (timing.preprocess_p50_ms + timing.p50_ms + timing.postprocess_p50_ms), 2)
-
-
 # ---- which formats ----------------------------------------------------------------------------------
 
 
 def candidates(cfg: PipelineConfig) -> tuple[list[Candidate], dict[str, str]]:
     """PyTorch, each passing export, OpenVINO's extra precisions, TensorRT engines; and what is skipped."""
-    found, skipped = [Candidate("pytorch", weights_path(cfg))], {}
-    for fmt, (path, _) in exported_models(models_dir(cfg)).items():
+    found, skipped = [Candidate("pytorch", Artifacts.of(cfg).best_weights)], {}
+    for fmt, (path, _) in exported_models(Artifacts.of(cfg).models).items():
         found.append(Candidate(fmt, path))
         if fmt == "openvino":
             for precision in [p for p in cfg.benchmark.openvino_precisions if p != "f32"]:
@@ -331,8 +207,8 @@ def opener(candidate: Candidate, threads: int) -> Opener:
 # ---- outputs --------------------------------------------------------------------------------------
 
 
-def headline_json(result: BenchmarkResult) -> dict[str, Any]:
-    """benchmark.json, the DVC metrics file: the fastest format at batch 1, against PyTorch eager."""
+def fastest_format(result: BenchmarkResult) -> dict[str, Any]:
+    """The format to deploy on this machine: the fastest at batch 1, against PyTorch eager."""
     measured = [f for f in result.formats if f.timings]
     if not measured:
         return {}
@@ -340,12 +216,20 @@ def headline_json(result: BenchmarkResult) -> dict[str, Any]:
     pytorch = next((f for f in measured if f.name == "pytorch"), None)
     ratio = fastest.timings[0].p50_ms / pytorch.timings[0].p50_ms if pytorch else None
     return {
-        "fastest": fastest.name,
+        "name": fastest.name,
         "p50_ms": fastest.timings[0].p50_ms,
         "fps": fastest.fps,
         "vs_pytorch": None if ratio is None else round(ratio, 3),
         "mAP50-95": fastest.map50_95,
     }
+
+
+def headline_json(result: BenchmarkResult) -> dict[str, Any]:
+    """benchmark.json, the DVC metrics file: the fastest format's p50 and end-to-end FPS only, so
+    `dvc exp show` stays narrow (its name, its speed against PyTorch and its accuracy are in
+    details.json under `fastest`)."""
+    fastest = fastest_format(result)
+    return {key: fastest[key] for key in ("p50_ms", "fps")} if fastest else {}
 
 
 def result_json(result: BenchmarkResult) -> dict[str, Any]:
@@ -354,6 +238,7 @@ def result_json(result: BenchmarkResult) -> dict[str, Any]:
     return {
         **header,
         "timing": "latency and throughput: inference only; fps: preprocess + inference + postprocess p50s",
+        "fastest": fastest_format(result),
         "formats": {f.name: format_json(f) for f in result.formats},
         "skipped": result.skipped,
     }

@@ -19,16 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import tracking
 from pipeline.core.artifacts import Artifacts, metadata_path
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
 from pipeline.core.faults import kill_if_armed
-from pipeline.core.io import read_json, swap_dir, write_json
+from pipeline.core.io import swap_dir, write_json
 from pipeline.core.lineage import package_versions
+from pipeline.core.yolo import import_ultralytics
+from pipeline.deploy.int8 import calibration_images, quantize
+from pipeline.model import parity as parity_check
 from pipeline.model.inference import FORMAT_SUFFIXES, Runner, open_runner
 from pipeline.model.info import ModelInfo, file_sha256, read_model_info, require_weights
 from pipeline.model.parity import Parity, Tolerance
+from pipeline.model.scoring import load_images, read_split
 
 STEM = "model"
 STAGING_PREFIX = ".staging-"  # scratch folders under {paths.export}; a killed export leaves one behind
@@ -51,14 +56,6 @@ class ExportResult:
 
 
 # ---- pure helpers ---------------------------------------------------------------------------------
-
-
-def weights_path(cfg: PipelineConfig) -> Path:
-    return Artifacts.of(cfg).best_weights
-
-
-def models_dir(cfg: PipelineConfig) -> Path:
-    return Artifacts.of(cfg).models
 
 
 def export_arguments(cfg: PipelineConfig, fmt: str, info: ModelInfo) -> dict[str, Any]:
@@ -96,21 +93,12 @@ def metadata(
         "batch": "dynamic" if cfg.export.dynamic else 1,
         "opset": cfg.export.opset if fmt == "onnx" else None,
         "simplified": cfg.export.simplify if fmt == "onnx" else None,
-        "source_weights": str(weights_path(cfg)),
+        "source_weights": str(Artifacts.of(cfg).best_weights),
         "sha256_file": file_sha256(model),
         "versions": package_versions(VERSIONED),
         "parity": parity.as_dict(),
         "quantization": quantization or None,  # INT8: calibration images and the ops kept in float
     }
-
-
-def exported_models(directory: Path) -> dict[str, tuple[Path, ModelInfo]]:
-    """format -> (model file, its facts), from the metadata files an export stage wrote."""
-    found = {}
-    for meta_file in sorted(Path(directory).glob("*.json")):
-        meta = read_json(meta_file)
-        found[meta["format"]] = (Path(directory) / meta["file"], ModelInfo.from_dict(meta))
-    return found
 
 
 def failure_message(failures: tuple[Parity, ...], report: Path) -> str:
@@ -126,8 +114,6 @@ def failure_message(failures: tuple[Parity, ...], report: Path) -> str:
 
 def export_format(weights: Path, arguments: dict[str, Any]) -> Path:
     """Ultralytics' exporter; it writes beside `weights`, so callers pass a copy in a scratch folder."""
-    from pipeline.core.yolo import import_ultralytics
-
     import_ultralytics()
     from ultralytics import YOLO
 
@@ -138,7 +124,6 @@ def export_model(cfg: PipelineConfig, fmt: str, staged: Path, info: ModelInfo) -
     """The exported file or folder, and what quantization recorded (empty for the float formats)."""
     if fmt != INT8:
         return export_format(staged, export_arguments(cfg, fmt, info)), {}
-    from pipeline.deploy.int8 import calibration_images, quantize
 
     fp32 = export_format(staged, export_arguments(cfg, "openvino", info))
     return quantize(fp32, info, calibration_images(cfg))
@@ -169,10 +154,7 @@ def publish(
 
 
 def run(cfg: PipelineConfig) -> ExportResult:
-    from pipeline.model import parity as parity_check
-    from pipeline.model.scoring import load_images, read_split
-
-    weights = require_weights(weights_path(cfg))
+    weights = require_weights(Artifacts.of(cfg).best_weights)
     info = read_model_info(weights)
     samples = read_split(
         Path(cfg.paths.prepared), "val", cfg.export.parity_images, needed_for="the parity check"
@@ -200,8 +182,10 @@ def run(cfg: PipelineConfig) -> ExportResult:
             if result.passed:
                 models[fmt] = publish(cfg, fmt, exported, info, result, quantization, target)
         kill_if_armed("export_published")
-        swap_dir(target, models_dir(cfg))
-    return ExportResult({fmt: models_dir(cfg) / path.name for fmt, path in models.items()}, tuple(results))
+        swap_dir(target, Artifacts.of(cfg).models)
+    return ExportResult(
+        {fmt: Artifacts.of(cfg).models / path.name for fmt, path in models.items()}, tuple(results)
+    )
 
 
 def remove_stale_staging(export_root: Path) -> None:
@@ -232,8 +216,6 @@ def parity_report(result: ExportResult) -> dict[str, Any]:
 def log_to_mlflow(cfg: PipelineConfig, result: ExportResult, report: Path) -> None:
     import mlflow
 
-    from pipeline.core import tracking
-
     with tracking.stage_run(cfg):
         for p in result.parity:
             values = {"max_abs_diff": p.max_abs_diff, "map50_95": p.map_candidate, "passed": float(p.passed)}
@@ -254,5 +236,5 @@ def main(argv: list[str], prog: str = "export", command: str = "export") -> int:
     log_to_mlflow(cfg, result, report)
     if result.failures:
         raise ParityError(failure_message(result.failures, report))
-    print(f"exported {', '.join(result.models)} to {models_dir(cfg)}; parity in {report}")
+    print(f"exported {', '.join(result.models)} to {Artifacts.of(cfg).models}; parity in {report}")
     return 0

@@ -23,7 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from pipeline.core import tracking
+from pipeline.core.artifacts import CORRECTIONS_FILE, Artifacts, AuditFiles
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import load_params
 from pipeline.core.errors import ConfigError
@@ -34,8 +37,6 @@ from pipeline.model.inference import PREDICT_CHUNK, Detections, open_runner, pre
 from pipeline.model.info import read_model_info, require_weights
 from pipeline.model.scoring import image_shape, read_split
 
-AUDIT_DIR = Path("reports/audit")
-ISSUES_FILE = "issues.json"
 KINDS = ("overlooked", "swapped", "badly_located", "spurious")
 PREDICT_CONF = 0.01  # keep weak predictions: a spurious label is one that not even a weak box covers
 PREDICT_IOU = 0.7
@@ -213,8 +214,6 @@ def pixel_labels(image: str, labels: np.ndarray, height: int, width: int) -> Ima
 
 
 def predict_split(weights: Path, images: Sequence[Path], threads: int) -> list[Detections]:
-    from tqdm import tqdm
-
     info = read_model_info(weights)
     runner = open_runner(weights, threads)
     detections: list[Detections] = []
@@ -241,7 +240,7 @@ def audit(
     detections = predict_split(weights, [s.image for s in samples], threads)
     labels = [pixel_labels(str(s.image), s.labels, *image_shape(s.image)) for s in samples]
     issues = find_issues(labels, detections, len(names), max_score, high_confidence, low_confidence)
-    write_json(out / ISSUES_FILE, [asdict(issue) for issue in issues])
+    write_json(AuditFiles(out).issues, [asdict(issue) for issue in issues])
     write_review_page(out, issues, labels, detections, names, KINDS)
     return issues
 
@@ -255,8 +254,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
         prog,
         "Rank likely label errors on a split the model did not train on: overlooked objects, swapped "
         f"classes, badly located boxes, spurious labels (cleanlab's ObjectLab scores). Writes "
-        f"{AUDIT_DIR / ISSUES_FILE} (worst first) and {AUDIT_DIR / 'index.html'}, a review page whose "
-        "accept/reject buttons save corrections.json for the next prepare (data.corrections).",
+        "{paths.audit}/issues.json (worst first) and index.html, a review page whose accept/reject "
+        f"buttons save {CORRECTIONS_FILE} for the next prepare (data.corrections).",
     )
     p.add_argument(
         "--split", choices=("val", "test", "train"), default="val", help="split to audit (default: val)"
@@ -264,7 +263,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--folds", type=int, default=None, help="train split only: K out-of-fold models (not implemented yet)"
     )
-    p.add_argument("--out", type=Path, default=AUDIT_DIR, help=f"output folder (default: {AUDIT_DIR})")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: paths.audit)")
     p.add_argument(
         "--max-score",
         type=float,
@@ -301,17 +300,16 @@ def refuse_train(split: str, folds: int | None) -> None:
 def main(argv: list[str], prog: str = "python -m pipeline audit", command: str = "audit") -> int:
     import mlflow
 
-    from pipeline.core import tracking
-
     args = parser(prog).parse_args(argv)
     refuse_train(args.split, args.folds)
     cfg = load_params(args.params)
-    weights = Path(cfg.paths.train) / "weights" / "best.pt"
+    weights = Artifacts.of(cfg).best_weights
+    out = args.out or Artifacts.of(cfg).audit.folder
     issues = audit(
         Path(cfg.paths.prepared),
         weights,
         args.split,
-        args.out,
+        out,
         args.max_score,
         args.high_confidence,
         args.low_confidence,
@@ -320,7 +318,7 @@ def main(argv: list[str], prog: str = "python -m pipeline audit", command: str =
     found = counts(issues)
     with tracking.stage_run(cfg):
         tracking.log_metrics(found | {"issues": len(issues)}, prefix=f"audit/{args.split}/")
-        mlflow.log_artifacts(str(args.out), artifact_path="audit")
+        mlflow.log_artifacts(str(out), artifact_path="audit")
     summary = ", ".join(f"{n} {kind}" for kind, n in found.items())
-    print(f"{args.split}: {len(issues)} likely label issue(s) ({summary}); review {args.out / 'index.html'}")
+    print(f"{args.split}: {len(issues)} likely label issue(s) ({summary}); review {AuditFiles(out).page}")
     return 0

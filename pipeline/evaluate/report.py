@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from pipeline.core.markdown import table
 
 if TYPE_CHECKING:
-    from pipeline.evaluate.stage import Evaluation
+    from pipeline.evaluate.results import Evaluation
 
 
 def fmt(value: float | None) -> str:

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.core.artifacts import CORRECTIONS_FILE, CORRECTIONS_FORMAT, AuditFiles
 from pipeline.core.io import write_text
-from pipeline.data.corrections import CORRECTIONS_FILE, FORMAT_VERSION
 from pipeline.model.inference import Detections
 
 if TYPE_CHECKING:
     from pipeline.evaluate.audit import ImageLabels, Issue
 
-PAGE_FILE = "index.html"
 THUMBNAIL_SIDE = 320
 SHOWN_CONF = 0.25  # predictions drawn for context (the issue's own box is drawn whatever its confidence)
 JPEG_QUALITY = 80
@@ -113,7 +112,7 @@ def render(cards: list[dict], names: Sequence[str], kinds: Sequence[str]) -> str
     options = lambda values: "".join(  # noqa: E731
         f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values
     )
-    payload = json.dumps({"cards": cards, "file": CORRECTIONS_FILE, "format": FORMAT_VERSION})
+    payload = json.dumps({"cards": cards, "file": CORRECTIONS_FILE, "format": CORRECTIONS_FORMAT})
     return (
         TEMPLATE.replace("@CLASSES@", options(names))
         .replace("@KINDS@", options(kinds))
@@ -129,9 +128,8 @@ def write_review_page(
     names: Sequence[str],
     kinds: Sequence[str],
 ) -> Path:
-    return write_text(
-        Path(out) / PAGE_FILE, render(card_data(issues, labels, detections, names), names, kinds)
-    )
+    page = render(card_data(issues, labels, detections, names), names, kinds)
+    return write_text(AuditFiles(Path(out)).page, page)
 
 
 TEMPLATE = """<!doctype html>

@@ -14,19 +14,34 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.core.artifacts import Artifacts
+from pipeline.core import tracking
+from pipeline.core.artifacts import AP_PER_CLASS_PLOT, CURVE_PLOTS, Artifacts
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import EvaluateConfig, PipelineConfig, load_params
 from pipeline.core.faults import kill_if_armed
 from pipeline.core.io import read_json, write_json, write_text
-from pipeline.evaluate.report import render, true_by_predicted
-from pipeline.evaluate.slices import SliceMetrics, image_attributes, low_slice_warnings, slice_metrics
+from pipeline.core.yolo import import_ultralytics
+from pipeline.evaluate.caveats import all_warnings
+from pipeline.evaluate.report import render
+from pipeline.evaluate.results import (
+    Evaluation,
+    Threshold,
+    as_float,
+    class_metrics,
+    details_json,
+    flat_metrics,
+    fmt,
+    metrics_json,
+    thresholds,
+    thresholds_json,
+)
+from pipeline.evaluate.slices import image_attributes, slice_metrics
 from pipeline.model.info import ModelInfo, read_model_info, require_weights
 from pipeline.model.scoring import (
     CocoSummary,
@@ -42,94 +57,6 @@ ALIAS = "candidate"
 # Tag on a version registered before its outputs were written: a rerun after a kill reuses that version
 # instead of registering the same run again; main removes it once write_outputs has put them on disk.
 PENDING_TAG = "evaluate.outputs_pending"
-DEFAULT_CONF = 0.25  # for a class the split has no instance of: Ultralytics' prediction default
-CURVE_PLOTS = {"BoxPR_curve.png": "pr_curve.png", "BoxF1_curve.png": "f1_curve.png"}
-CURVE_PLOTS |= {"BoxP_curve.png": "precision_curve.png", "BoxR_curve.png": "recall_curve.png"}
-
-
-@dataclass(frozen=True)
-class ClassMetrics:
-    name: str
-    instances: int
-    precision: float | None  # None: the split has no instance of this class
-    recall: float | None
-    ap50: float | None
-    ap50_95: float | None
-
-
-@dataclass(frozen=True)
-class Threshold:
-    name: str
-    conf: float
-    precision: float | None
-    recall: float | None
-    f1: float | None
-    rule: str
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    split: str
-    split_note: str
-    images: int
-    instances: int
-    precision: float
-    recall: float
-    map50: float
-    map50_95: float
-    classes: tuple[ClassMetrics, ...]
-    by_size: dict[str, float | None]
-    coco_map50_95: float
-    thresholds: tuple[Threshold, ...]
-    confusion: tuple[tuple[int, ...], ...]  # [predicted][true], last row/column = background
-    warnings: tuple[str, ...]
-    slices: tuple[SliceMetrics, ...] = ()  # evaluate.slices / slices_csv; empty when neither is set
-
-
-# ---- per-class numbers from the validator ----------------------------------------------------------
-
-
-def class_metrics(metrics: Any, names: tuple[str, ...]) -> tuple[ClassMetrics, ...]:
-    """Per-class rows; Ultralytics lists only classes with instances in `ap_class_index`."""
-    box, rows = metrics.box, []
-    position = {int(c): i for i, c in enumerate(box.ap_class_index)}
-    for cls, name in enumerate(names):
-        i = position.get(cls)
-        values = (None,) * 4 if i is None else (box.p[i], box.r[i], box.ap50[i], box.ap[i])
-        rows.append(ClassMetrics(name, int(metrics.nt_per_class[cls]), *map(as_float, values)))
-    return tuple(rows)
-
-
-def as_float(value: Any) -> float | None:
-    return None if value is None else round(float(value), 5)
-
-
-def class_threshold(name: str, i: int, box: Any, target: float | None) -> Threshold:
-    """Best-F1 confidence on the class's curves, or the lowest one reaching the target precision."""
-    f1, precision, recall, conf = box.f1_curve[i], box.p_curve[i], box.r_curve[i], box.px
-    reached = np.flatnonzero(precision >= target) if target is not None else np.array([], dtype=int)
-    if not f1.any():
-        return Threshold(name, DEFAULT_CONF, 0.0, 0.0, 0.0, f"no correct detection: default {DEFAULT_CONF}")
-    if reached.size:
-        j, rule = int(reached[0]), f"lowest confidence with precision >= {target}"
-    else:
-        j = int(np.argmax(f1))
-        rule = "best F1" if target is None else f"best F1 (precision {target} never reached)"
-    return Threshold(
-        name, as_float(conf[j]), as_float(precision[j]), as_float(recall[j]), as_float(f1[j]), rule
-    )
-
-
-def thresholds(metrics: Any, names: tuple[str, ...], target: float | None) -> tuple[Threshold, ...]:
-    position = {int(c): i for i, c in enumerate(metrics.box.ap_class_index)}
-    return tuple(
-        class_threshold(name, position[cls], metrics.box, target)
-        if cls in position
-        else Threshold(
-            name, DEFAULT_CONF, None, None, None, f"no instances in the split: default {DEFAULT_CONF}"
-        )
-        for cls, name in enumerate(names)
-    )
 
 
 # ---- predictions.json: AP by size and the confusion matrix -----------------------------------------
@@ -172,81 +99,16 @@ def as_tensors(items: list[dict], score_key: str | None, torch) -> dict[str, Any
     return found
 
 
-# ---- warnings in plain words -----------------------------------------------------------------------
-
-
-def localisation_warning(map50: float, map50_95: float, ratio: float) -> list[str]:
-    if map50 <= 0 or map50_95 >= ratio * map50:
-        return []
-    return [
-        f"Weak localisation: mAP50-95 ({map50_95:.3f}) is under {ratio:.0%} of mAP50 ({map50:.3f}). "
-        "The model finds the objects but its boxes fit them loosely. Check that labels are tight, then "
-        "try a higher image size or more epochs."
-    ]
-
-
-def weak_class_warnings(classes: tuple[ClassMetrics, ...], ratio: float) -> list[str]:
-    scored = [c for c in classes if c.ap50_95 is not None]
-    mean = sum(c.ap50_95 for c in scored) / len(scored) if scored else 0.0
-    return [
-        f"Weak class '{c.name}': AP50-95 {c.ap50_95:.3f} is under {ratio:.0%} of the mean over classes "
-        f"({mean:.3f}), on {c.instances} instances. More (and more varied) examples of it usually help most."
-        for c in scored
-        if mean > 0 and c.ap50_95 < ratio * mean
-    ]
-
-
-def swap_warnings(matrix: np.ndarray, classes: tuple[ClassMetrics, ...], fraction: float) -> list[str]:
-    """Pairs whose objects are taken for each other (matrix is [predicted, true]) in `fraction` of them."""
-    found = []
-    for i in range(len(classes)):
-        for j in range(i + 1, len(classes)):
-            swapped = int(matrix[j, i] + matrix[i, j])
-            total = classes[i].instances + classes[j].instances
-            if swapped and total and swapped >= fraction * total:
-                a, b = classes[i].name, classes[j].name
-                found.append(
-                    f"Classes '{a}' and '{b}' are mistaken for each other: {swapped} of their {total} "
-                    f"objects were given the other's label ({int(matrix[j, i])} '{a}' as '{b}', "
-                    f"{int(matrix[i, j])} the other way). Add examples that show what tells them apart, "
-                    "or consider merging them."
-                )
-    return found
-
-
-def selection_warning(split: str) -> list[str]:
-    """val chose best.pt (and early stopping watched it): scores on it flatter the model."""
-    if split != "val":
-        return []
-    return [
-        "Optimistic figures: evaluated on the val split, which training used to pick best.pt and to stop "
-        "early. Give the dataset a test split (data.split.test > 0, or the source's own) for an unbiased "
-        "estimate."
-    ]
-
-
-def all_warnings(e: Evaluation, matrix: np.ndarray, cfg: EvaluateConfig) -> tuple[str, ...]:
-    return tuple(
-        selection_warning(e.split)
-        + localisation_warning(e.map50, e.map50_95, cfg.localisation_ratio)
-        + weak_class_warnings(e.classes, cfg.weak_class_ratio)
-        + swap_warnings(matrix, e.classes, cfg.swap_fraction)
-        + low_slice_warnings(e.slices, cfg.slice_ratio, cfg.slice_min_instances)
-    )
-
-
 # ---- the stage ------------------------------------------------------------------------------------
 
 
 def validate(cfg: PipelineConfig, weights: Path, split: str, info: ModelInfo, save_dir: Path) -> Any:
     """Ultralytics' validator with JSON predictions and curve plots written to `save_dir`."""
-    from pipeline.core.yolo import import_ultralytics
-
     import_ultralytics()
     from ultralytics import YOLO
 
     return YOLO(str(weights)).val(
-        data=str(Path(cfg.paths.prepared) / "data.yaml"),
+        data=str(Artifacts.of(cfg).data_yaml),
         split=split,
         imgsz=info.imgsz,
         batch=cfg.evaluate.batch,
@@ -288,7 +150,7 @@ def run(cfg: PipelineConfig) -> Evaluation:
         evaluation, slices=tuple(slice_metrics(samples, grouped, attributes, len(info.names)))
     )
     evaluation = with_warnings(evaluation, matrix.matrix, cfg.evaluate)
-    draw_class_ap(evaluation, plots / "ap_per_class.png")
+    draw_class_ap(evaluation, plots / AP_PER_CLASS_PLOT)
     return evaluation
 
 
@@ -356,72 +218,10 @@ def draw_class_ap(e: Evaluation, path: Path) -> None:
     plt.close(figure)
 
 
-# ---- outputs --------------------------------------------------------------------------------------
-
-
-def metrics_json(e: Evaluation) -> dict[str, Any]:
-    """The DVC metrics file: headline figures only, so `dvc exp show` fits a terminal."""
-    return {"precision": e.precision, "recall": e.recall, "mAP50": e.map50, "mAP50-95": e.map50_95}
-
-
-def details_json(e: Evaluation) -> dict[str, Any]:
-    """Everything behind the headline: per size, per class and the confusion matrix."""
-    names = [c.name for c in e.classes]
-    return {
-        "split": e.split,
-        "images": e.images,
-        "instances": e.instances,
-        "coco_mAP50-95": e.coco_map50_95,
-        **{f"AP_{size}": value for size, value in e.by_size.items()},
-        "per_class": {c.name: {k: v for k, v in asdict(c).items() if k != "name"} for c in e.classes},
-        "confusion_matrix": {
-            "rows": "true class",
-            "columns": "predicted class",
-            "labels": [*names, "background"],
-            "counts": true_by_predicted(e.confusion),
-        },
-        "warnings": len(e.warnings),
-        "slices": [s.as_dict() for s in e.slices],
-    }
-
-
-def thresholds_json(e: Evaluation, target: float | None) -> dict[str, Any]:
-    """What the deployment side reads: a confidence per class, by id and name."""
-    return {
-        "rule": "best F1" if target is None else f"lowest confidence with precision >= {target}",
-        "split": e.split,
-        "classes": {
-            str(i): {
-                "name": t.name,
-                "conf": t.conf,
-                "precision": t.precision,
-                "recall": t.recall,
-                "f1": t.f1,
-                "rule": t.rule,
-            }
-            for i, t in enumerate(e.thresholds)
-        },
-    }
-
-
-def flat_metrics(e: Evaluation) -> dict[str, float]:
-    values: dict[str, Any] = {"precision": e.precision, "recall": e.recall, "mAP50": e.map50}
-    values |= {"mAP50-95": e.map50_95, **{f"AP_{k}": v for k, v in e.by_size.items()}}
-    for c in e.classes:
-        values |= {f"{c.name}/AP50": c.ap50, f"{c.name}/AP50-95": c.ap50_95}
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def register(cfg: PipelineConfig, weights: Path, run_id: str, metrics: dict[str, float]) -> str:
     """Log the weights to the run and register that artifact as a new version aliased `candidate`."""
     import mlflow
     from mlflow import MlflowClient
-
-    from pipeline.core import tracking
 
     mlflow.log_artifact(str(weights), artifact_path="model")
     source = mlflow.get_artifact_uri(f"model/{weights.name}")
@@ -458,8 +258,6 @@ def write_outputs(cfg: PipelineConfig, e: Evaluation, run_id: str, version: str)
 def main(argv: list[str], prog: str = "evaluate", command: str = "evaluate") -> int:
     import mlflow
     from mlflow import MlflowClient
-
-    from pipeline.core import tracking
 
     parser = stage_parser(prog, "Evaluate best.pt on the held-out split; write metrics, thresholds, report.")
     args = parser.parse_args(argv)

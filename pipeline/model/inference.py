@@ -8,6 +8,7 @@ formats, never between copies of the pre- and post-processing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.core.config import OPENVINO_PRECISIONS
+from pipeline.core.deploy_config import OPENVINO_PRECISIONS
 from pipeline.core.errors import ConfigError
 from pipeline.core.yolo import import_ultralytics
 from pipeline.model.images import Batch, preprocess
@@ -158,8 +159,6 @@ class TorchScriptRunner(TorchRunner):
     """A traced graph: its input shape is the one Ultralytics recorded in the file's metadata."""
 
     def __init__(self, path: Path, threads: int):
-        import json
-
         import torch
 
         torch.set_num_threads(threads)

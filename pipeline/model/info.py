@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import MissingDependencyError
+from pipeline.core.io import read_json
+from pipeline.core.yolo import import_ultralytics
 
 HASH_CHUNK = 1 << 20
 
@@ -57,8 +59,6 @@ def require_weights(weights: Path) -> Path:
 
 def read_model_info(weights: Path) -> ModelInfo:
     """Facts of an Ultralytics checkpoint; the image size is the one it was trained at."""
-    from pipeline.core.yolo import import_ultralytics
-
     import_ultralytics()
     from ultralytics.nn.tasks import load_checkpoint
 
@@ -71,3 +71,12 @@ def read_model_info(weights: Path) -> ModelInfo:
         end2end=bool(getattr(model, "end2end", False)),
         sha256=file_sha256(weights),
     )
+
+
+def exported_models(directory: Path) -> dict[str, tuple[Path, ModelInfo]]:
+    """format -> (model file, its facts), from the metadata files an export stage wrote."""
+    found = {}
+    for meta_file in sorted(Path(directory).glob("*.json")):
+        meta = read_json(meta_file)
+        found[meta["format"]] = (Path(directory) / meta["file"], ModelInfo.from_dict(meta))
+    return found

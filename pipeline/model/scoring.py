@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from pipeline.core.errors import DataError, MissingDependencyError
+from pipeline.core.artifacts import PreparedDataset
+from pipeline.core.errors import DataError
+from pipeline.core.prepared import read_data_yaml
 from pipeline.model.images import load_image
 from pipeline.model.inference import Detections, Runner, predict
 from pipeline.model.info import ModelInfo
@@ -45,18 +48,9 @@ class CocoSummary:
 # ---- the prepared dataset --------------------------------------------------------------------------
 
 
-def read_data_yaml(prepared: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    path = Path(prepared) / "data.yaml"
-    if not path.exists():
-        raise MissingDependencyError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
-    return OmegaConf.to_container(OmegaConf.load(path))
-
-
 def split_images(prepared: Path, split: str) -> list[Path]:
     """Sorted image files of a split named in data.yaml (a folder, relative to the yaml's folder)."""
-    data = read_data_yaml(prepared)
+    data = read_data_yaml(PreparedDataset(Path(prepared)))
     if not data.get(split):
         return []
     base = Path(data.get("path") or prepared)
@@ -107,8 +101,6 @@ def read_split(
 
 
 def image_shape(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as image:  # reads the header only
         return image.height, image.width
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.core.artifacts import metadata_path
 from pipeline.core.errors import MissingDependencyError, PipelineError
-from pipeline.core.io import read_json, write_json
+from pipeline.core.io import atomic_path, read_json, write_json
 from pipeline.model.images import load_image, preprocess
 from pipeline.model.info import ModelInfo, file_sha256
 
@@ -199,8 +199,6 @@ class CalibrationCache:
         return self.path.read_bytes() if self.path.exists() else None
 
     def write(self, data: bytes) -> None:
-        from pipeline.core.io import atomic_path
-
         with atomic_path(self.path) as tmp:
             tmp.write_bytes(data)
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_json, write_json
 from pipeline.ops.decision import now
@@ -24,8 +26,6 @@ def owner_file(lock: Path) -> Path:
 @contextmanager
 def hold_lock(lock: Path, wait: float | None) -> Iterator[None]:
     """Exclusive for the whole command; the OS frees it when the holder dies, even by SIGKILL."""
-    from filelock import FileLock, Timeout
-
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = FileLock(str(lock))
     try:

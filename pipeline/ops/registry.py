@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core import tracking
+from pipeline.core.artifacts import BEST_WEIGHTS
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
 from pipeline.ops.decision import CHAMPION, now
@@ -115,18 +116,18 @@ class Registry:
         return self.client.get_run(version.run_id).data.tags.get(DATASET_TAG) if version.run_id else None
 
     def download(self, version, target: Path) -> Path:
-        """The version's weights as `target/best.pt` (what the evaluate stage expects)."""
+        """The version's weights as `target/<BEST_WEIGHTS>` (what the evaluate stage expects)."""
         import mlflow.artifacts
 
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(target)))
         if local.is_dir():
-            found = sorted(local.rglob("best.pt")) or sorted(local.rglob("*.pt"))
+            found = sorted(local.rglob(BEST_WEIGHTS)) or sorted(local.rglob("*.pt"))
             if not found:
                 raise RetrainError(f"version {version.version} ({version.source}) holds no .pt weights")
             local = found[0]
-        if local != target / "best.pt":
-            local.replace(target / "best.pt")
-        return target / "best.pt"
+        if local != target / BEST_WEIGHTS:
+            local.replace(target / BEST_WEIGHTS)
+        return target / BEST_WEIGHTS
 
 
 def open_registry(cfg: PipelineConfig) -> Registry:

@@ -37,10 +37,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from pipeline.core import tracking
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import RETRAIN_METRICS, PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_json, write_text
+from pipeline.core.prepared import read_dataset_hash
+from pipeline.evaluate import results
+from pipeline.evaluate import stage as evaluate
 from pipeline.ops.children import run_bound
 from pipeline.ops.decision import (
     CHALLENGER,
@@ -99,21 +103,17 @@ def dvc(*args: str) -> None:
 
 def refresh_data(cfg: PipelineConfig) -> str:
     """Run prepare (forced when the data may live outside DVC's view) and return the data's hash."""
-    from pipeline.train.stage import read_dataset_hash
-
     dvc("repro", *(["--force", "--single-item"] if cfg.retrain.refresh_data else []), "prepare")
-    return read_dataset_hash(cfg)
+    return read_dataset_hash(Artifacts.of(cfg).dataset)
 
 
 def score(cfg: PipelineConfig, registry: Registry, version, scratch: Path) -> ModelScore:
     """The version's weights from the registry, scored by the evaluate stage's code on the current split."""
-    from pipeline.evaluate import stage as evaluate
-
     folder = scratch / f"v{version.version}"
     weights = registry.download(version, folder / "weights")
     paths = replace(cfg.paths, train=str(weights.parent.parent), evaluation=str(folder / "evaluation"))
     result = evaluate.run(replace(cfg, paths=paths))
-    flat = evaluate.metrics_json(result)
+    flat = results.metrics_json(result)
     per_class = {c.name: c.ap50_95 for c in result.classes if c.ap50_95 is not None}
     measured = f"{result.split} split ({result.images} images, {result.instances} objects)"
     metrics = {key: float(flat[key] or 0.0) for key in RETRAIN_METRICS}

@@ -24,20 +24,18 @@ import numpy as np
 import yaml
 
 from pipeline.core import tracking
+from pipeline.core.artifacts import Artifacts, PreparedDataset, ScalingFiles
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import DataError
 from pipeline.core.io import read_json, write_json, write_text
-from pipeline.evaluate.stage import class_metrics, validate
+from pipeline.core.prepared import read_data_yaml
+from pipeline.evaluate.results import class_metrics
+from pipeline.evaluate.stage import validate
 from pipeline.model.info import read_model_info
-from pipeline.model.scoring import read_data_yaml, resolve_split, split_images
+from pipeline.model.scoring import resolve_split, split_images
 from pipeline.train import stage as train_stage
 
-FORECAST_FILE = "forecast.json"
-REPORT_FILE = "report.md"
-PLOT_FILE = "scaling.png"
-SUBSETS_DIR = "subsets"
-MANIFEST_FILE = "manifest.json"  # prepare's, read by the train stage for the dataset hash
 MIN_POINTS = 4  # three parameters: at least one degree of freedom left to judge the fit
 BOUNDS = ([0.0, 0.0, 0.05], [1.0, np.inf, 3.0])  # a, b, c
 INTERVAL = (5.0, 95.0)  # percentiles of the images needed under the parameters' uncertainty
@@ -152,18 +150,21 @@ def nested_subsets(images: Sequence[Path], fractions: Sequence[float], seed: int
 def subset_config(cfg: PipelineConfig, fraction: float, images: list[Path]) -> PipelineConfig:
     """The same config with its own prepared view (data.yaml whose train is a list of the subset's
     images; the labels stay beside the originals) and its own train outputs."""
-    root = Path(cfg.paths.scaling) / SUBSETS_DIR / f"f{fraction:g}"
-    prepared = Path(cfg.paths.prepared)
+    root = Artifacts.of(cfg).scaling.subset(fraction)
+    prepared, subset = Artifacts.of(cfg).dataset, PreparedDataset(root / "prepared")
     data = read_data_yaml(prepared)
-    listing = write_text(root / "train.txt", "".join(f"{p.resolve()}\n" for p in images))
-    data |= {"path": str(Path(data.get("path") or prepared).resolve()), "train": str(listing.resolve())}
-    write_text(root / "prepared" / "data.yaml", yaml.safe_dump(data, sort_keys=False))
-    manifest = read_json(prepared / MANIFEST_FILE)
+    listing = write_text(
+        Artifacts.of(cfg).scaling.subset_listing(fraction), "".join(f"{p.resolve()}\n" for p in images)
+    )
+    source = Path(data.get("path") or prepared.folder).resolve()
+    data |= {"path": str(source), "train": str(listing.resolve())}
+    write_text(subset.data_yaml, yaml.safe_dump(data, sort_keys=False))
+    manifest = read_json(prepared.manifest)
     subset_hash = (
         f"{manifest['dataset_hash']}-scaling-{fraction:g}-{len(images)}"  # its own training identity
     )
-    write_json(root / "prepared" / MANIFEST_FILE, {**manifest, "dataset_hash": subset_hash})
-    paths = replace(cfg.paths, prepared=str(root / "prepared"), train=str(root / "train"))
+    write_json(subset.manifest, {**manifest, "dataset_hash": subset_hash})
+    paths = replace(cfg.paths, prepared=str(subset.folder), train=str(root / "train"))
     return replace(cfg, paths=replace(paths, train_report=str(root / "report")))
 
 
@@ -233,31 +234,32 @@ def report(points: Sequence[Point], fitted: dict[str, PowerLawFit]) -> str:
         "|---|---|---|---|",
     ]
     lines += [*rows, "", "## Images needed", "", *(f"- {describe(n, f)}" for n, f in fitted.items())]
-    return "\n".join([*lines, "", f"![points and fitted curves]({PLOT_FILE})", ""])
+    return "\n".join([*lines, "", f"![points and fitted curves]({ScalingFiles.plot_name})", ""])
 
 
 def run(cfg: PipelineConfig, fractions: Sequence[float]) -> dict[str, Any]:
     train_images = split_images(Path(cfg.paths.prepared), "train")
     if not train_images:
-        raise DataError(f"{Path(cfg.paths.prepared) / 'data.yaml'}: no training images: run prepare first")
+        raise DataError(f"{Artifacts.of(cfg).data_yaml}: no training images: run prepare first")
     subsets = nested_subsets(train_images, fractions, cfg.scaling.seed)
     mlflow = tracking.configure(cfg)
     with mlflow.start_run(run_name="scaling") as parent:
         parent_id = parent.info.run_id
     points = [train_and_measure(cfg, f, images, parent_id) for f, images in subsets.items()]
     fitted = fits(points, cfg.scaling.target_map, cfg.scaling.seed)
-    out = Path(cfg.paths.scaling)
+    files = Artifacts.of(cfg).scaling
     forecast = {
         "target_map50_95": cfg.scaling.target_map,
         "points": [asdict(p) for p in points],
         "fits": {name: fit.as_dict() for name, fit in fitted.items()},
     }
-    write_json(out / FORECAST_FILE, forecast)
-    write_text(out / REPORT_FILE, report(points, fitted))
-    draw(fitted, out / PLOT_FILE)
+    write_json(files.forecast, forecast)
+    write_text(files.report, report(points, fitted))
+    draw(fitted, files.plot)
     with mlflow.start_run(run_id=parent_id):
         mlflow.log_metrics({f"scaling/{p.images}/mAP50-95": p.map50_95 for p in points})
-        mlflow.log_artifacts(str(out), artifact_path="scaling")  # subsets/ holds only lists and small yaml
+        # subsets/ holds only image lists and small yaml files
+        mlflow.log_artifacts(str(files.folder), artifact_path="scaling")
     return forecast
 
 
@@ -279,5 +281,5 @@ def main(argv: list[str], prog: str = "scaling", command: str = "scaling") -> in
     forecast = run(cfg, fractions)
     for name, fit in forecast["fits"].items():
         print(describe(name, PowerLawFit(**{k: v for k, v in fit.items() if k != "trustworthy"})))
-    print(f"report {Path(cfg.paths.scaling) / REPORT_FILE}")
+    print(f"report {Artifacts.of(cfg).scaling.report}")
     return 0

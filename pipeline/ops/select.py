@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import DataError
@@ -37,9 +38,6 @@ from pipeline.model.inference import Detections, open_runner, predict
 from pipeline.model.info import ModelInfo, read_model_info, require_weights
 from pipeline.model.scoring import IMAGE_SUFFIXES, MAP_IOU
 
-SELECTION_FILE = "selection.json"
-LABEL_STUDIO_FILE = "label_studio.json"
-PREANNOTATION_DIR = "labels"
 SAME_BOX_IOU = 0.5  # two boxes this close are one object (the class margin; the flip agreement)
 REASONS = {
     "low_confidence": "the model is not confident of anything in it",
@@ -239,15 +237,15 @@ def score_pool(cfg: PipelineConfig, weights: Path, images: list[Path], info: Mod
 
 
 def run(cfg: PipelineConfig, pool: Path, budget: int) -> dict[str, Any]:
-    weights = require_weights(Path(cfg.paths.train) / "weights" / "best.pt")
+    weights = require_weights(Artifacts.of(cfg).best_weights)
     images = pool_images(pool)
     info = read_model_info(weights)
     scored = {s.candidate.image: s for s in score_pool(cfg, weights, images, info)}
     picks = pick(
         [s.candidate for s in scored.values()], budget, cfg.data.validation.near_duplicate_image_distance
     )
-    out = Path(cfg.paths.select)
-    version = f"best.pt sha256:{info.sha256[:12]}"
+    files = Artifacts.of(cfg).select
+    version = f"{weights.name} sha256:{info.sha256[:12]}"
     tasks = []
     for c in picks:
         s = scored[c.image]
@@ -256,8 +254,8 @@ def run(cfg: PipelineConfig, pool: Path, budget: int) -> dict[str, Any]:
                 cfg.select.image_prefix + c.image.resolve().as_posix(), s.found, s.shape, info.names, version
             )
         )
-        write_text(out / PREANNOTATION_DIR / f"{c.image.stem}.txt", yolo_lines(s.found, s.shape))
-    write_json(out / LABEL_STUDIO_FILE, tasks)
+        write_text(files.preannotations / f"{c.image.stem}.txt", yolo_lines(s.found, s.shape))
+    write_json(files.label_studio, tasks)
     selection = {
         "pool": str(pool),
         "pool_images": len(images),
@@ -265,7 +263,7 @@ def run(cfg: PipelineConfig, pool: Path, budget: int) -> dict[str, Any]:
         "model": version,
         "picks": [pick_entry(rank, c) for rank, c in enumerate(picks, start=1)],
     }
-    write_json(out / SELECTION_FILE, selection)
+    write_json(files.selection, selection)
     return selection
 
 
@@ -293,9 +291,9 @@ def main(argv: list[str], prog: str = "select", command: str = "select") -> int:
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
     selection = run(cfg, args.pool, args.budget)
-    out = Path(cfg.paths.select)
-    print(f"picked {len(selection['picks'])} of {selection['pool_images']} images; {out / SELECTION_FILE}")
+    files = Artifacts.of(cfg).select
+    print(f"picked {len(selection['picks'])} of {selection['pool_images']} images; {files.selection}")
     for p in selection["picks"][:10]:
         print(f"  {p['rank']:>3}. {Path(p['image']).name}  uncertainty {p['uncertainty']:.2f}  {p['reason']}")
-    print(f"Label Studio import: {out / LABEL_STUDIO_FILE}; YOLO pre-annotations: {out / PREANNOTATION_DIR}/")
+    print(f"Label Studio import: {files.label_studio}; YOLO pre-annotations: {files.preannotations}/")
     return 0

@@ -29,34 +29,27 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.__main__ import COMMANDS
-from pipeline.core.artifacts import TrainRun
+from pipeline.core import tracking
+from pipeline.core.artifacts import SWEEP_METRICS, Artifacts, PreparedDataset, SweepJob, TrainRun
 from pipeline.core.compose import CONF_DIR
 from pipeline.core.config import PipelineConfig, validate
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.faults import is_main_rank
 from pipeline.core.io import read_json, write_json, write_text
+from pipeline.core.prepared import read_dataset_hash
+from pipeline.evaluate import results, stage
+from pipeline.train import stage as train
+from pipeline.train.callbacks import epoch_rows
 
 log = logging.getLogger(__name__)
 
-# per-epoch columns of Ultralytics' results.csv (validation split) for each objective name
-METRIC_COLUMNS = {
-    "mAP50-95": "metrics/mAP50-95(B)",
-    "mAP50": "metrics/mAP50(B)",
-    "precision": "metrics/precision(B)",
-    "recall": "metrics/recall(B)",
-}
-JOB_PATHS = {  # paths.<key> -> where it goes inside the job's output directory
-    "train": "train",
-    "train_report": "reports/train",
-    "evaluation": "reports/evaluate",
-    "export": "models/export",
-    "benchmark": "reports/benchmark",
-}
-# beside paths.prepared: the dataset keys the shared dataset was claimed with, and its hash
-DATASET_CLAIM_SUFFIX = ".sweep-dataset.json"
+# Each job writes these under its own directory, at the place conf/config.yaml gives them; the other
+# paths (the dataset and its analysis) are shared by all the jobs of a sweep.
+JOB_OWN_PATHS = ("train", "train_report", "evaluation", "export", "benchmark")
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,7 @@ def job_config(raw: DictConfig, place: JobPlace) -> PipelineConfig:
     absolute (a launcher may run the job in another working directory or on another host)."""
     cfg = validate(raw, source=f"conf/ + {list(place.overrides)}")
     shared = {key: str(place.cwd / getattr(cfg.paths, key)) for key in ("prepared", "analysis")}
-    own = {key: str(place.output_dir / sub) for key, sub in JOB_PATHS.items()}
+    own = {key: str(place.output_dir / relative(getattr(cfg.paths, key))) for key in JOB_OWN_PATHS}
     uri = cfg.track.tracking_uri
     if uri.startswith("sqlite:///") and not uri[len("sqlite:///") :].startswith("/"):
         uri = f"sqlite:///{place.cwd / uri[len('sqlite:///') :]}"
@@ -92,18 +85,24 @@ def job_config(raw: DictConfig, place: JobPlace) -> PipelineConfig:
     )
 
 
+def relative(path: str) -> Path:
+    """A configured path as a place inside the job's directory (an absolute one loses its root)."""
+    return Path(path).relative_to(Path(path).anchor) if Path(path).is_absolute() else Path(path)
+
+
 def write_job_params(cfg: PipelineConfig, output_dir: Path) -> Path:
     """The job's params.yaml: what the stages read, and what reproduces this job."""
-    return write_text(output_dir / "params.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return write_text(SweepJob(output_dir).params, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def metric_column(metric: str) -> str:
-    if metric not in METRIC_COLUMNS:
+    """The results.csv column (validation split, per epoch) of an objective name."""
+    if metric not in SWEEP_METRICS:
         raise ConfigError(
-            f"hydra.sweeper.metric={metric!r} is invalid: the pipeline reports {sorted(METRIC_COLUMNS)} "
+            f"hydra.sweeper.metric={metric!r} is invalid: the pipeline reports {sorted(SWEEP_METRICS)} "
             "(validation split, per epoch)"
         )
-    return METRIC_COLUMNS[metric]
+    return SWEEP_METRICS[metric]
 
 
 # ---- the shared dataset ---------------------------------------------------------------------------
@@ -112,11 +111,8 @@ def metric_column(metric: str) -> str:
 def ensure_prepared(cfg: PipelineConfig, params: Path) -> None:
     """Run prepare (and analyze) once for the whole sweep if their outputs are missing; refuse a job
     whose dataset keys differ from those the shared dataset was claimed with."""
-    from filelock import FileLock
-
-    prepared = Path(cfg.paths.prepared)
-    manifest = prepared / "manifest.json"
-    facts = Path(cfg.paths.analysis) / "recommendations.json"
+    files = Artifacts.of(cfg)
+    prepared, manifest, facts = files.prepared, files.manifest, files.recommendations
     prepared.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(prepared.parent / f".{prepared.name}.sweep.lock")):
         if not manifest.exists():
@@ -149,8 +145,8 @@ def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_dataset_claim(cfg: PipelineConfig, prepared: Path) -> None:
     """The first job claims the shared dataset with its dataset keys; a later job whose keys differ
     is refused. A claim on another dataset hash is stale (prepare ran again since) and is replaced."""
-    claim_path = prepared.parent / f"{prepared.name}{DATASET_CLAIM_SUFFIX}"
-    dataset_hash = read_json(prepared / "manifest.json")["dataset_hash"]
+    claim_path = PreparedDataset(prepared).sweep_claim
+    dataset_hash = read_dataset_hash(PreparedDataset(prepared))
     mine = json.loads(json.dumps(dataset_keys(cfg)))  # as the claim reads back: tuples become lists
     claim = read_json(claim_path) if claim_path.exists() else None
     if claim is None or claim["dataset_hash"] != dataset_hash:
@@ -201,8 +197,6 @@ class PruningReporter:
         return {**self.__dict__, "_trial": None}  # an open trial holds a database connection
 
     def __call__(self, trainer: Any) -> None:
-        from pipeline.train.stage import epoch_rows
-
         rows = epoch_rows(Path(trainer.csv)) if is_main_rank() else []
         if not rows or self.column not in rows[-1] or int(rows[-1]["epoch"]) in self.reported:
             return
@@ -234,13 +228,11 @@ class RunNesting:
     done: bool = False
 
     def __call__(self, trainer: Any) -> None:
-
         if is_main_rank() and not self.done:
             self.nest(Path(trainer.save_dir))
 
     def nest(self, save_dir: Path) -> str | None:
         from hydra_plugins.optuna_sweeper import job
-        from pipeline.core.io import read_json
 
         path = TrainRun(save_dir).state
         if not path.exists():
@@ -260,7 +252,6 @@ def sweep_parent(cfg: PipelineConfig, place: JobPlace, link: Any) -> str | None:
     """The sweep's MLflow parent run: the Optuna sweeper's (in the study), or for a grid sweep one
     shared by the jobs of this sweep directory, made by whichever job comes first."""
     from hydra_plugins.optuna_sweeper import job
-    from pipeline.core import tracking
 
     if link is not None:
         return link.parent_run_id()
@@ -276,8 +267,6 @@ def sweep_parent(cfg: PipelineConfig, place: JobPlace, link: Any) -> str | None:
 
 def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any) -> dict[str, Any]:
     from hydra_plugins.optuna_sweeper import job
-    from pipeline.core import tracking
-    from pipeline.train import stage as train
 
     metric = link.metric if link is not None else "mAP50-95"
     column = metric_column(metric)
@@ -317,18 +306,15 @@ def evaluate(cfg: PipelineConfig) -> dict[str, float]:
     """
     import mlflow
 
-    from pipeline.core import tracking
-    from pipeline.evaluate import stage
-
     e = stage.run(cfg)
-    out = Path(cfg.paths.evaluation)
-    write_json(out / "metrics.json", stage.metrics_json(e))
-    write_json(out / "thresholds.json", stage.thresholds_json(e, cfg.evaluate.target_precision))
-    metrics = stage.flat_metrics(e)
+    files = Artifacts.of(cfg)
+    write_json(files.evaluation_metrics, results.metrics_json(e))
+    write_json(files.thresholds, results.thresholds_json(e, cfg.evaluate.target_precision))
+    metrics = results.flat_metrics(e)
     with tracking.stage_run(cfg):
         tracking.log_metrics(metrics, prefix="eval/")
         mlflow.set_tags({"eval.split": e.split, "eval.warnings": str(len(e.warnings))})
-        mlflow.log_artifacts(str(out), artifact_path="evaluate")
+        mlflow.log_artifacts(str(files.evaluation), artifact_path="evaluate")
     return {k: v for k, v in metrics.items() if "/" not in k}
 
 
@@ -357,7 +343,7 @@ def run_job(raw: DictConfig) -> dict[str, Any]:
     params = write_job_params(cfg, place.output_dir)
     ensure_prepared(cfg, params)
     outcome = train_and_evaluate(cfg, place, link)
-    write_json(place.output_dir / "outcome.json", outcome)
+    write_json(SweepJob(place.output_dir).outcome, outcome)
     state = f"pruned after epoch {outcome['pruned_epoch']}" if outcome["pruned"] else "finished"
     print(f"job {place.number} {state}: {outcome['metric']} {outcome['value']} ({place.output_dir})")
     return outcome

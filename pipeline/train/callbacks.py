@@ -7,11 +7,13 @@ MLflow run through its id and tracking URI (no active run is needed in a worker 
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.faults import is_main_rank, kill_if_armed
+from pipeline.core.tracking import sanitize_key
 
 
 def kill_at_setup(trainer: Any) -> None:
@@ -48,15 +50,11 @@ class EpochLogger:
 
     def __call__(self, trainer: Any) -> None:
         if is_main_rank():
-            from pipeline.train.stage import epoch_rows
-
             self.backfill(epoch_rows(Path(trainer.csv)))
 
     def backfill(self, rows: list[dict[str, float]]) -> None:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
-
-        from pipeline.core.tracking import sanitize_key
 
         now = int(time.time() * 1000)
         metrics = [
@@ -77,3 +75,11 @@ def global_world_size(local_devices: int, environ: dict[str, str]) -> int:
     return (
         launched if int(environ.get("LOCAL_RANK", "-1")) != -1 and launched > local_devices else local_devices
     )
+
+
+def epoch_rows(results_csv: Path) -> list[dict[str, float]]:
+    """Ultralytics' results.csv as numbers; empty before the first epoch ends."""
+    if not results_csv.exists():
+        return []
+    with results_csv.open(newline="") as handle:
+        return [{k.strip(): float(v) for k, v in row.items() if v.strip()} for row in csv.DictReader(handle)]

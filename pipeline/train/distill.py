@@ -13,12 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifacts import BEST_WEIGHTS
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ConfigError
+from pipeline.core.tracking import tracking_uri
 from pipeline.model.info import file_sha256, read_model_info, require_weights
 
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-TEACHER_CHECKPOINT = "best.pt"  # what the train stage logs; any single .pt in the artifact also does
 
 
 def resolve_teacher(cfg: PipelineConfig) -> Path | None:
@@ -30,15 +31,14 @@ def resolve_teacher(cfg: PipelineConfig) -> Path | None:
         return require_weights(Path(teacher))
     import mlflow
 
-    from pipeline.core.tracking import tracking_uri
-
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=teacher, tracking_uri=tracking_uri(cfg)))
     if local.is_file():
         return local
-    found = sorted(local.rglob(TEACHER_CHECKPOINT)) or sorted(local.rglob("*.pt"))
+    # what the train stage logs; any single .pt in the artifact also does
+    found = sorted(local.rglob(BEST_WEIGHTS)) or sorted(local.rglob("*.pt"))
     if len(found) != 1:
         raise ConfigError(
-            f"train.distill.teacher={teacher!r}: expected one {TEACHER_CHECKPOINT} (or one .pt) in the "
+            f"train.distill.teacher={teacher!r}: expected one {BEST_WEIGHTS} (or one .pt) in the "
             f"artifact, found {[str(p.relative_to(local)) for p in found]}; point the URI at the checkpoint"
         )
     return found[0]

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 
+from pipeline.core.artifacts import PARAMS_FILE
 from pipeline.core.config import HardwareConfig, load_params
 from pipeline.core.errors import ConfigError
 
@@ -23,7 +24,7 @@ def torchrun_command(
     node_rank: int,
     master_addr: str,
     master_port: int = 29500,
-    params: str = "params.yaml",
+    params: str = PARAMS_FILE,
 ) -> list[str]:
     if hardware.gpus < 1:
         raise ConfigError(f"hardware={hardware.name} has no GPUs: multi-node training needs a GPU profile")
@@ -46,7 +47,7 @@ def torchrun_command(
 
 def main(argv: list[str], prog: str = "launch", command: str = "launch") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="default: params.yaml")
+    parser.add_argument("--params", default=PARAMS_FILE, help="default: params.yaml")
     parser.add_argument("--nnodes", type=int, required=True, help="number of machines")
     parser.add_argument("--node-rank", type=int, required=True, help="this machine's index, 0 is the master")
     parser.add_argument("--master-addr", required=True, help="address of node 0, reachable from all nodes")

@@ -9,7 +9,6 @@ and act on rank 0 only, logging into the run the parent created (each callback c
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -19,13 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import tracking
 from pipeline.core.artifacts import Artifacts, TrainRun
 from pipeline.core.cli import stage_parser
-from pipeline.core.config import PipelineConfig, load_params
-from pipeline.core.errors import MissingDependencyError, PipelineError
+from pipeline.core.config import PipelineConfig, load_params, to_flat_dict
+from pipeline.core.errors import PipelineError
 from pipeline.core.faults import is_main_rank
 from pipeline.core.io import read_json, write_json, write_text
+from pipeline.core.lineage import git_state, overrides_against_defaults, package_versions
+from pipeline.core.prepared import read_dataset_hash
 from pipeline.core.rules import DatasetFacts, Plan, batch_rule, load_facts, resolve_plan
+from pipeline.core.yolo import import_ultralytics
+from pipeline.train.callbacks import EpochLogger, epoch_rows, logged_steps
 from pipeline.train.distill import teacher_arguments, teacher_lineage
 
 # What a rerun does with an unfinished attempt of the same training (see `next_step`).
@@ -85,14 +89,6 @@ def training_identity(cfg: PipelineConfig, dataset_hash: str) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def epoch_rows(results_csv: Path) -> list[dict[str, float]]:
-    """Ultralytics' results.csv as numbers; empty before the first epoch ends."""
-    if not results_csv.exists():
-        return []
-    with results_csv.open(newline="") as handle:
-        return [{k.strip(): float(v) for k, v in row.items() if v.strip()} for row in csv.DictReader(handle)]
-
-
 def oom_advice(cfg: PipelineConfig, plan: Plan) -> str:
     batch, imgsz = plan.value("batch"), plan.value("imgsz")
     smaller, _ = batch_rule(cfg.hardware.batch, cfg.model.scale, imgsz * 2, cfg.hardware.name)
@@ -104,13 +100,6 @@ def oom_advice(cfg: PipelineConfig, plan: Plan) -> str:
 
 
 # ---- state and lineage ----------------------------------------------------------------------------
-
-
-def read_dataset_hash(cfg: PipelineConfig) -> str:
-    manifest = Artifacts.of(cfg).manifest
-    if not manifest.exists():
-        raise MissingDependencyError(f"{manifest} not found: run the prepare stage first (dvc repro prepare)")
-    return read_json(manifest)["dataset_hash"]
 
 
 def read_facts(cfg: PipelineConfig) -> DatasetFacts | None:
@@ -145,8 +134,6 @@ def next_step(last: Path) -> str:
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
     """An Ultralytics checkpoint as a dict; None when the file is torn."""
-    from pipeline.core.yolo import import_ultralytics
-
     import_ultralytics()
     from ultralytics.utils.patches import torch_load
 
@@ -188,8 +175,6 @@ def truncate_results(results_csv: Path, epochs: int) -> None:
 
 
 def lineage_tags(cfg: PipelineConfig, identity: str, dataset_hash: str) -> dict[str, str]:
-    from pipeline.core.lineage import git_state, overrides_against_defaults, package_versions
-
     commit, dirty = git_state()
     return {
         "git.commit": commit,
@@ -212,11 +197,7 @@ def lineage_tags(cfg: PipelineConfig, identity: str, dataset_hash: str) -> dict[
 def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train per the plan. Extra `callbacks` run at each epoch end after the MLflow logger
     (e.g. a sweep's pruning callback, which may set `trainer.stop`)."""
-    from pipeline.core import tracking
-    from pipeline.core.config import to_flat_dict
-    from pipeline.train.callbacks import EpochLogger, logged_steps
-
-    dataset_hash = read_dataset_hash(cfg)
+    dataset_hash = read_dataset_hash(Artifacts.of(cfg).dataset)
     plan = resolve_plan(cfg, read_facts(cfg))
     files = Artifacts.of(cfg)
     save_dir = files.train.folder
@@ -237,7 +218,7 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         if previous_run_id is None:
             mlflow.log_params(tracking.scrubbed(to_flat_dict(cfg)))
             mlflow.set_tags(tracking.scrubbed(lineage_tags(cfg, identity, dataset_hash)))
-            mlflow.log_dict(plan.as_dict(), "plan.json")
+            mlflow.log_dict(plan.as_dict(), Artifacts.of(cfg).plan.name)
         logger = EpochLogger(
             run_id, tracking.tracking_uri(cfg), logged_steps(run_id, tracking.tracking_uri(cfg))
         )
@@ -257,12 +238,10 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 def fit(cfg: PipelineConfig, plan: Plan, save_dir: Path, callbacks: Sequence[Any], step: str) -> Path:
     """Run Ultralytics (resuming from last.pt, or only finalising it, per `step`); translate its
     failures into advice."""
-    from pipeline.core.yolo import import_ultralytics
-
     YOLO = import_ultralytics().YOLO  # configures Ultralytics before anything imports it
     import torch
 
-    from pipeline.train.trainer import PipelineTrainer
+    from pipeline.train.trainer import PipelineTrainer  # heavy: importing it loads Ultralytics
 
     data_yaml = Artifacts.of(cfg).data_yaml
     if step == FINALISE:

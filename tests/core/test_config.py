@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipeline.core import config
+from pipeline.core import config, data_config, deploy_config
 from pipeline.core.compose import CONF_DIR, compose_config, compose_params
 from pipeline.core.config import load_params, validate
 from pipeline.core.errors import ConfigError
@@ -103,8 +103,9 @@ def test_conf_is_the_one_source_of_every_default():
     """The schema types and checks values; conf/ gives them. A default written in both drifts."""
     with_defaults = [
         f"{cls.__name__}.{f.name}"
-        for cls in vars(config).values()
-        if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__
+        for module in (config, data_config, deploy_config)
+        for cls in vars(module).values()
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == module.__name__
         for f in dataclasses.fields(cls)
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     ]

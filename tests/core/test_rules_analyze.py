@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.core import rules
+from pipeline.core import advice, rules
 from pipeline.core.compose import compose_config
 from pipeline.core.rules import DatasetFacts
 
@@ -24,7 +24,7 @@ RGB = compose_config(["sensor=rgb"]).sensor
     ],
 )
 def test_model_family(fraction_small, images, platform, family):
-    value, reason = rules.model_family_rule(fraction_small, images, platform)
+    value, reason = advice.model_family_rule(fraction_small, images, platform)
     assert value == family and reason
 
 
@@ -40,7 +40,7 @@ def test_model_family(fraction_small, images, platform, family):
     ],
 )
 def test_scale_is_algorithm_3_capped_by_the_platform(images, max_scale, expected):
-    value, reason = rules.scale_rule(images, max_scale, "profile")
+    value, reason = advice.scale_rule(images, max_scale, "profile")
     assert value == expected
     assert ("Algorithm 1" in reason) == (expected == max_scale != rules.max_scale_for_dataset(images))
 
@@ -56,7 +56,7 @@ def test_scale_is_algorithm_3_capped_by_the_platform(images, max_scale, expected
     ],
 )
 def test_p2_head(tiny, small, imgsz, platform, expected):
-    value, reason = rules.p2_head_rule(tiny, small, imgsz, platform)
+    value, reason = advice.p2_head_rule(tiny, small, imgsz, platform)
     assert value is expected and reason
 
 
@@ -73,21 +73,21 @@ def test_sufficiency_uses_backbone_plus_per_class_need():
     # eq. 20-23: 3000 + 2 x 5000 = 13000 thermal images, 3000 + 2 x 1000 = 5000 RGB
     counts = {"a": 5000, "b": 5000}
     assert any(
-        "= 13000" in w for w in rules.data_warnings(THERMAL, ["a", "b"], facts(12999, (6000,) * 2), counts)
+        "= 13000" in w for w in advice.data_warnings(THERMAL, ["a", "b"], facts(12999, (6000,) * 2), counts)
     )
-    assert not rules.data_warnings(THERMAL, ["a", "b"], facts(13000, (6000, 6000)), counts)
-    assert not rules.data_warnings(RGB, ["a", "b"], facts(5000, (1000, 1000)), counts)
+    assert not advice.data_warnings(THERMAL, ["a", "b"], facts(13000, (6000, 6000)), counts)
+    assert not advice.data_warnings(RGB, ["a", "b"], facts(5000, (1000, 1000)), counts)
 
 
 def test_table_5_minimum_for_nano():
-    warnings = rules.data_warnings(RGB, ["a"], facts(1499, (1499,)), {"a": 1499})
+    warnings = advice.data_warnings(RGB, ["a"], facts(1499, (1499,)), {"a": 1499})
     assert any("Table 5's 1500 minimum" in w for w in warnings)
-    assert not any("Table 5" in w for w in rules.data_warnings(RGB, ["a"], facts(1500, (1500,)), {"a": 1}))
+    assert not any("Table 5" in w for w in advice.data_warnings(RGB, ["a"], facts(1500, (1500,)), {"a": 1}))
 
 
 def test_minority_and_thermal_per_class_warnings_do_not_overlap():
     names, counts = ["a", "b", "c"], {"a": 1, "b": 1, "c": 1}
-    warnings = rules.data_warnings(THERMAL, names, facts(50000, (800, 1500, 6000)), counts)
+    warnings = advice.data_warnings(THERMAL, names, facts(50000, (800, 1500, 6000)), counts)
     assert [w for w in warnings if "1000-image minimum" in w] == [
         "classes below the 1000-image minimum per class: a (800) (guide 14.2.4: minority classes need it "
         "regardless of dataset size)"
@@ -95,23 +95,23 @@ def test_minority_and_thermal_per_class_warnings_do_not_overlap():
     assert any(
         w.startswith("classes below 5000 images") and "b (1500)" in w and "a (" not in w for w in warnings
     )
-    rgb = rules.data_warnings(RGB, names, facts(50000, (800, 1500, 6000)), counts)
+    rgb = advice.data_warnings(RGB, names, facts(50000, (800, 1500, 6000)), counts)
     assert not any("per-class need" in w for w in rgb)  # RGB's per-class need is the 1000 minimum
 
 
 def test_severe_imbalance_is_above_five_and_absent_classes_are_named():
     names = ["a", "b", "c"]
-    ok = rules.data_warnings(RGB, names, facts(50000, (5000,) * 3), {"a": 50, "b": 10, "c": 20})
+    ok = advice.data_warnings(RGB, names, facts(50000, (5000,) * 3), {"a": 50, "b": 10, "c": 20})
     assert not any("imbalance" in w for w in ok)
-    bad = rules.data_warnings(RGB, names, facts(50000, (5000,) * 3), {"a": 51, "b": 10, "c": 0})
+    bad = advice.data_warnings(RGB, names, facts(50000, (5000,) * 3), {"a": 51, "b": 10, "c": 0})
     assert any("severe class imbalance: 5.1:1" in w for w in bad)
     assert any("no training instance of c" in w for w in bad)
 
 
 def test_size_buckets_are_the_guides():
-    assert [(name, limit) for name, limit in rules.SIZE_BUCKETS][:3] == [
+    assert [(name, limit) for name, limit in advice.SIZE_BUCKETS][:3] == [
         ("tiny", 32),
         ("small", 96),
         ("medium", 320),
     ]
-    assert rules.SIZE_BUCKETS[-1][0] == "large"
+    assert advice.SIZE_BUCKETS[-1][0] == "large"

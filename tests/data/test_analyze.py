@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core.artifacts import ANALYSIS_PLOTS
 from pipeline.core.compose import compose_config, write_params
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, MissingDependencyError
 from pipeline.core.rules import DatasetFacts, load_facts
 from pipeline.data import analyze, synthetic
-from pipeline.data.analyze_report import PLOT_FILES
 from pipeline.data.labels import read_labels
 from tests.conftest import require_shared_dataset
 
@@ -247,7 +247,7 @@ def test_main_writes_metrics_recommendations_report_and_png_plots(tmp_path):
     assert recommendations["plan"]["decisions"][0]["key"] == "epochs"
     report = (out / "report.md").read_text()
     assert "## Recommendations" in report and "source** resolution" in report
-    for name in PLOT_FILES:
+    for name in ANALYSIS_PLOTS:
         png = out / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         with Image.open(png) as image:
@@ -264,7 +264,7 @@ def test_train_and_analyze_resolve_the_same_plan(tmp_path, hand_built):
 
 
 def test_missing_prepared_data_names_the_stage_to_run(tmp_path):
-    with pytest.raises(DataError, match="run the prepare stage"):
+    with pytest.raises(MissingDependencyError, match="run the prepare stage"):
         analyze.measure(compose_config(overrides(tmp_path)))
 
 

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from pipeline.core.compose import compose_config, write_params
-from pipeline.core.config import FINDING_ACTIONS
+from pipeline.core.data_config import FINDING_ACTIONS
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import read_json
 from pipeline.data.frames import labels_frame

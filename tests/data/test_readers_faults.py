@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from pipeline.core.compose import compose_config
-from pipeline.core.config import FINDING_ACTIONS
+from pipeline.core.data_config import FINDING_ACTIONS
 from pipeline.core.errors import DataError
 from pipeline.data.labels import read_labels
+from pipeline.data.prepare_report import policy_choices
 from pipeline.data.readers import read_source
-from pipeline.data.validation import policy_choices
 
 
 def image(path: Path) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.artifacts import Artifacts, metadata_path
 from pipeline.core.errors import MissingDependencyError
 from pipeline.core.io import read_json, write_json
 from pipeline.deploy import device as deploy
@@ -42,9 +43,9 @@ def exported(project, tmp_path_factory):
 
 
 def source(cfg, dynamic: bool = False) -> deploy.OnnxSource:
-    meta = read_json(export.models_dir(cfg) / "model.onnx.json")
+    meta = read_json(metadata_path(Artifacts.of(cfg).onnx))
     shape = (cfg.benchmark.batch if dynamic else 1, 3, IMGSZ, IMGSZ)
-    return deploy.OnnxSource(export.models_dir(cfg) / "model.onnx", shape, dynamic, meta)
+    return deploy.OnnxSource(Artifacts.of(cfg).models / "model.onnx", shape, dynamic, meta)
 
 
 # ---- no TensorRT here: stop at once and say so ------------------------------------------------------
@@ -238,7 +239,8 @@ def test_engine_metadata_round_trip(project, exported, tmp_path):
         "vehicle",
     ]
     assert (
-        written["source_onnx_sha256"] == read_json(export.models_dir(cfg) / "model.onnx.json")["sha256_file"]
+        written["source_onnx_sha256"]
+        == read_json(Artifacts.of(cfg).models / "model.onnx.json")["sha256_file"]
     )
     assert trt.read_metadata(engine) == meta
     assert meta.model_info().imgsz == IMGSZ

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.io import read_json
 from pipeline.deploy import export
-from pipeline.model.info import file_sha256
+from pipeline.model.info import exported_models, file_sha256
 from tests._kills import stage_process, with_fresh_run
 
 FORMATS = ("onnx", "torchscript")
@@ -33,12 +34,12 @@ def killed_then_rerun(project, tmp_path: Path, kill_at: str):
     first = with_fresh_run(project, tmp_path / "first")
     assert stage_process("export", first.params(tmp_path / "out", extra)).returncode == 0
     cfg = first.config(tmp_path / "out", extra)
-    good = models(export.models_dir(cfg))
+    good = models(Artifacts.of(cfg).models)
     second = with_fresh_run(project, tmp_path / "second")
     params = second.params(tmp_path / "out", extra)
     killed = stage_process("export", params, kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert models(export.models_dir(cfg)) == good  # nothing of the killed export reached models/
+    assert models(Artifacts.of(cfg).models) == good  # nothing of the killed export reached models/
     assert len(staging(cfg)) == 1  # what the kill left behind, for the rerun to clear
     rerun = stage_process("export", params)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -48,7 +49,7 @@ def killed_then_rerun(project, tmp_path: Path, kill_at: str):
 
 def assert_contract(cfg, run_id: str, tracking_uri: str) -> None:
     assert staging(cfg) == []
-    published = export.exported_models(export.models_dir(cfg))
+    published = exported_models(Artifacts.of(cfg).models)
     assert sorted(published) == sorted(FORMATS)
     for fmt, (model, _) in published.items():
         meta = read_json(export.metadata_path(model))

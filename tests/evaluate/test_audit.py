@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.artifacts import CORRECTIONS_FORMAT, AuditFiles
 from pipeline.core.errors import ConfigError
-from pipeline.data.corrections import FORMAT_VERSION, apply_corrections, read_corrections
-from pipeline.evaluate.audit import ISSUES_FILE, KINDS, ImageLabels, Issue, find_issues, refuse_train
-from pipeline.evaluate.review_page import PAGE_FILE, write_review_page
+from pipeline.data.corrections import apply_corrections, read_corrections
+from pipeline.evaluate.audit import KINDS, ImageLabels, Issue, find_issues, refuse_train
+from pipeline.evaluate.review_page import write_review_page
 from pipeline.model.inference import Detections
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -81,7 +82,7 @@ def test_train_split_is_refused_without_folds_and_folds_are_not_implemented():
 
 def test_accepted_corrections_fix_the_labels_and_rejected_ones_do_not(tmp_path):
     corrections = {
-        "format": FORMAT_VERSION,
+        "format": CORRECTIONS_FORMAT,
         "corrections": [
             {
                 "image": "a.png",
@@ -168,7 +169,7 @@ def test_review_page_saves_accept_and_reject_decisions(tmp_path, browser):
         page.click("#save")
     saved = json.loads(Path(download.value.path()).read_text())
     assert download.value.suggested_filename == "corrections.json"
-    assert saved["format"] == FORMAT_VERSION
+    assert saved["format"] == CORRECTIONS_FORMAT
     decisions = {c["kind"]: c["decision"] for c in saved["corrections"]}
     assert decisions == {"swapped": "accept", "overlooked": "reject"}
     swap = next(c for c in saved["corrections"] if c["kind"] == "swapped")
@@ -195,12 +196,12 @@ def test_audit_command_on_the_tiny_project(project, tmp_path):
         main(["audit", "--params", str(project.params(tmp_path)), "--out", str(out), "--max-score", "1.0"])
         == 0
     )
-    issues = json.loads((out / ISSUES_FILE).read_text())
+    issues = json.loads(AuditFiles(out).issues.read_text())
     assert isinstance(issues, list)
     assert all(i["kind"] in KINDS and 0 <= i["score"] <= 1 and Path(i["image"]).exists() for i in issues)
     ranked = [(i["kind"] == "spurious", i["score"]) for i in issues]
     assert ranked == sorted(ranked)
-    page = (out / PAGE_FILE).read_text()
+    page = AuditFiles(out).page.read_text()
     embedded = page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
     cards = json.loads(embedded)["cards"]
     run_id = json.loads((project.train_report / "run.json").read_text())["run_id"]

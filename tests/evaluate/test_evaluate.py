@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.io import read_json
+from pipeline.evaluate import caveats, results
 from pipeline.evaluate import stage as evaluate
 from pipeline.model.inference import Detections
 from pipeline.model.scoring import Sample, coco_ground_truth, coco_predictions, coco_summary
@@ -83,7 +84,7 @@ def test_falls_back_to_val_and_says_so(project, tmp_path):
     assert result.split == "val"
     assert result.split_note == "the val split, because the dataset has no test split"
     assert result.warnings[0].startswith("Optimistic figures: evaluated on the val split")
-    assert not evaluate.selection_warning("test")
+    assert not caveats.selection_warning("test")
 
 
 # ---- thresholds -----------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_threshold_is_the_best_f1_confidence():
     box = curves(
         f1=[0.2, 0.6, 0.8, 0.5, 0.1], precision=[0.3, 0.6, 0.85, 0.95, 1.0], recall=[1, 0.9, 0.75, 0.3, 0.05]
     )
-    threshold = evaluate.class_threshold("person", 0, box, target=None)
+    threshold = results.class_threshold("person", 0, box, target=None)
     assert (threshold.conf, threshold.f1, threshold.rule) == (0.5, 0.8, "best F1")
 
 
@@ -109,11 +110,9 @@ def test_threshold_for_a_target_precision_is_the_lowest_confidence_reaching_it()
     box = curves(
         f1=[0.2, 0.6, 0.8, 0.5, 0.1], precision=[0.3, 0.6, 0.85, 0.95, 1.0], recall=[1, 0.9, 0.75, 0.3, 0.05]
     )
-    threshold = evaluate.class_threshold("person", 0, box, target=0.9)
+    threshold = results.class_threshold("person", 0, box, target=0.9)
     assert (threshold.conf, threshold.precision, threshold.recall) == (0.75, 0.95, 0.3)
-    unreachable = evaluate.class_threshold(
-        "person", 0, curves([0.1, 0.3], [0.2, 0.5], [0.9, 0.4]), target=0.9
-    )
+    unreachable = results.class_threshold("person", 0, curves([0.1, 0.3], [0.2, 0.5], [0.9, 0.4]), target=0.9)
     assert unreachable.conf == 1.0 and unreachable.rule == "best F1 (precision 0.9 never reached)"
 
 
@@ -121,19 +120,19 @@ def test_threshold_for_a_target_precision_is_the_lowest_confidence_reaching_it()
 
 
 def classes(*rows):
-    return tuple(evaluate.ClassMetrics(name, n, 0.5, 0.5, ap50, ap) for name, n, ap50, ap in rows)
+    return tuple(results.ClassMetrics(name, n, 0.5, 0.5, ap50, ap) for name, n, ap50, ap in rows)
 
 
 def test_localisation_warning_only_for_a_large_gap():
-    assert evaluate.localisation_warning(0.8, 0.3, ratio=0.5)[0].startswith(
+    assert caveats.localisation_warning(0.8, 0.3, ratio=0.5)[0].startswith(
         "Weak localisation: mAP50-95 (0.300) is under 50% of mAP50 (0.800)."
     )
-    assert evaluate.localisation_warning(0.8, 0.5, ratio=0.5) == []
+    assert caveats.localisation_warning(0.8, 0.5, ratio=0.5) == []
 
 
 def test_weak_class_warning_names_the_class_and_the_mean():
     rows = classes(("person", 30, 0.9, 0.6), ("animal", 25, 0.85, 0.55), ("vehicle", 4, 0.3, 0.1))
-    (warning,) = evaluate.weak_class_warnings(rows, ratio=0.5)
+    (warning,) = caveats.weak_class_warnings(rows, ratio=0.5)
     assert warning.startswith(
         "Weak class 'vehicle': AP50-95 0.100 is under 50% of the mean over classes (0.417)"
     )
@@ -143,7 +142,7 @@ def test_swap_warning_for_classes_taken_for_each_other():
     rows = classes(("car", 100, 0.9, 0.6), ("truck", 100, 0.8, 0.5), ("bus", 100, 0.8, 0.5))
     matrix = np.zeros((4, 4))  # [predicted, true]; the guide's example: truck <-> bus confused
     matrix[2, 1], matrix[1, 2], matrix[1, 0] = 15, 10, 2
-    (warning,) = evaluate.swap_warnings(matrix, rows, fraction=0.1)
+    (warning,) = caveats.swap_warnings(matrix, rows, fraction=0.1)
     assert warning.startswith(
         "Classes 'truck' and 'bus' are mistaken for each other: 25 of their 200 objects"
     )
@@ -176,7 +175,7 @@ def test_confusion_matrix_counts_swaps_misses_and_false_detections_at_the_thresh
             "score": 0.3,
         },  # below animal's 0.5
     ]
-    cuts = tuple(evaluate.Threshold(n, 0.5, None, None, None, "test") for n in ("person", "animal"))
+    cuts = tuple(results.Threshold(n, 0.5, None, None, None, "test") for n in ("person", "animal"))
     matrix = evaluate.confusion([predicted], truth, ("person", "animal"), cuts).matrix
     assert matrix.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]  # [predicted, true], background last
 

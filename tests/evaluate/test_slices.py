@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.evaluate import results
 from pipeline.evaluate import stage as evaluate
 from pipeline.evaluate.report import render
 from pipeline.evaluate.slices import (
@@ -99,5 +100,5 @@ def test_evaluate_reports_the_synthetic_lighting_slices(project, tmp_path):
         ("light=day", 4),
     ]
     assert sum(s.instances for s in e.slices if s.attribute == "altitude") == e.instances
-    assert evaluate.details_json(e)["slices"][2]["value"] == "day"
+    assert results.details_json(e)["slices"][2]["value"] == "day"
     assert "## Per slice" in render(e, "m", "r", "1", "candidate")

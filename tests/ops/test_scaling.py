@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.compose import compose_config
 from pipeline.core.io import read_json
 from pipeline.data.prepare import run as prepare
@@ -79,8 +80,6 @@ def test_scaling_trains_each_subset_as_a_child_run(tmp_path):
     parents = {client.get_run(p["run_id"]).data.tags["mlflow.parentRunId"] for p in points}
     assert len(parents) == 1 and len({p["run_id"] for p in points}) == 2
     assert not forecast["fits"]["all"]["trustworthy"]  # two points never make a trustworthy fit
-    out = Path(cfg.paths.scaling)
-    assert read_json(out / scaling.FORECAST_FILE) == json.loads(json.dumps(forecast))
-    assert (out / scaling.PLOT_FILE).stat().st_size > 0 and "too few points" in (
-        out / scaling.REPORT_FILE
-    ).read_text()
+    files = Artifacts.of(cfg).scaling
+    assert read_json(files.forecast) == json.loads(json.dumps(forecast))
+    assert files.plot.stat().st_size > 0 and "too few points" in files.report.read_text()

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main as pipeline_main
+from pipeline.core.artifacts import SelectFiles
 from pipeline.core.io import read_json
 from pipeline.model.images import load_image
 from pipeline.model.inference import Detections
 from pipeline.ops.select import (
-    LABEL_STUDIO_FILE,
-    PREANNOTATION_DIR,
-    SELECTION_FILE,
     Candidate,
     box_disagreement,
     class_margin,
@@ -88,7 +86,7 @@ def test_select_command_writes_picks_and_pre_annotations(project, tmp_path, caps
     out = tmp_path / "select"
     params = project.params(tmp_path, f"paths.select={out}", "data.split.group_pattern='^(seq[0-9]+)'")
     assert pipeline_main(["select", "--params", str(params), "--pool", str(pool), "--budget", "4"]) == 0
-    selection = read_json(out / SELECTION_FILE)
+    selection = read_json(SelectFiles(out).selection)
     picks = selection["picks"]
     assert selection["pool_images"] == 25 and 3 <= len(picks) <= 4
     assert len({p["group"] for p in picks[:3]}) == 3  # each sequence gives one frame before any gives two
@@ -97,10 +95,10 @@ def test_select_command_writes_picks_and_pre_annotations(project, tmp_path, caps
     assert all(
         p["reason"].split(":")[0] in ("low_confidence", "small_margin", "flip_disagreement") for p in picks
     )
-    tasks = read_json(out / LABEL_STUDIO_FILE)
+    tasks = read_json(SelectFiles(out).label_studio)
     assert [Path(t["data"]["image"]).name for t in tasks] == [Path(p["image"]).name for p in picks]
     assert all(t["predictions"][0]["model_version"].startswith("best.pt sha256:") for t in tasks)
-    labels = sorted(p.stem for p in (out / PREANNOTATION_DIR).glob("*.txt"))
+    labels = sorted(p.stem for p in SelectFiles(out).preannotations.glob("*.txt"))
     assert labels == sorted(Path(p["image"]).stem for p in picks)
     assert f"picked {len(picks)} of 25 images" in capsys.readouterr().out
 

@@ -30,6 +30,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.optuna_sweeper import _overlay, _space, _study
+from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import CONF_DIR, compose_config
 from tests.conftest import PROJECT_ROOT
 
@@ -244,7 +245,8 @@ def test_optuna_sweep_prunes_fails_and_completes(optuna_sweep):
     assert complete.state == TrialState.COMPLETE and complete.value is not None
     assert pruned.state == TrialState.PRUNED and pruned.user_attrs["pruned_epoch"] == 2
     assert pruned.intermediate_values.keys() == {1, 2} and pruned.value == pruned.intermediate_values[2]
-    with open(Path(pruned.user_attrs["job_dir"]) / "train" / "results.csv") as handle:
+    pruned_run = TrainRun(Path(pruned.user_attrs["job_dir"]) / compose_config().paths.train)
+    with open(pruned_run.results_csv) as handle:
         assert len(list(csv.DictReader(handle))) == 2  # training stopped: 2 of 3 epochs
     failed = [t for t in study.trials if t.params["train.imgsz"] == 48]
     assert [t.state for t in failed] == [TrialState.FAIL, TrialState.FAIL]
@@ -315,7 +317,7 @@ def test_grid_sweep_runs_each_job_in_its_own_directory(tmp_path):
     assert all(o["epochs"] == 1 and not o["pruned"] and o["evaluation"] for o in outcomes)
     for n, sensor in enumerate(("rgb", "thermal")):
         params = (tmp_path / "grid" / str(n) / "params.yaml").read_text()
-        assert f"name: {sensor}" in params and f"{tmp_path}/grid/{n}/train" in params
+        assert f"name: {sensor}" in params and f"{tmp_path}/grid/{n}/{compose_config().paths.train}" in params
     runs = runs_by_name(f"sqlite:///{tmp_path}/mlflow.db")
     parent = runs["grid-grid"]
     assert parent.data.tags["sweep.kind"] == "grid"

@@ -22,6 +22,7 @@ from pipeline.core.faults import KILL_ENV, kill_armed
 from pipeline.core.io import read_json
 from pipeline.data.prepare import run as prepare
 from pipeline.train import stage as train
+from pipeline.train.callbacks import epoch_rows
 from tests.conftest import PROJECT_ROOT, tiny_overrides
 
 EPOCHS = 3
@@ -75,7 +76,7 @@ def assert_contract(cfg, run_id: str, rerun: subprocess.CompletedProcess) -> Non
     assert read_json(report / "run.json")["run_id"] == run_id
     client = MlflowClient(cfg.track.tracking_uri)
     assert client.get_run(run_id).info.status == "FINISHED"
-    rows = train.epoch_rows(TrainRun(save_dir).results_csv)
+    rows = epoch_rows(TrainRun(save_dir).results_csv)
     assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
     assert read_json(report / "metrics.json")["epochs"] == EPOCHS
     for key, column in ((MAP_KEY, "metrics/mAP50-95(B)"), (LOSS_KEY, "train/box_loss")):
@@ -111,7 +112,7 @@ def test_kill_mid_epoch_resumes_from_the_last_checkpoint(dataset, tmp_path):
 def test_kill_between_results_row_and_checkpoint_drops_the_orphan_row(dataset, tmp_path):
     def row_without_checkpoint(cfg):
         save_dir = Path(cfg.paths.train)
-        assert len(train.epoch_rows(TrainRun(save_dir).results_csv)) == 2
+        assert len(epoch_rows(TrainRun(save_dir).results_csv)) == 2
         assert train.checkpoint_epochs(TrainRun(save_dir).last_weights) == 1
 
     cfg, run_id, rerun = killed_then_rerun(dataset, tmp_path, "after_results_row:2", row_without_checkpoint)

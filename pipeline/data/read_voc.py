@@ -1,0 +1,107 @@
+"""Pascal VOC XML: Annotations/*.xml, JPEGImages/ and the ImageSets/Main split lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from xml.etree import ElementTree
+from xml.parsers import expat
+
+from pipeline.core.data_config import DataConfig, VocConfig
+from pipeline.core.errors import DataError
+from pipeline.data.source import IMAGE_SUFFIXES, Entry, LabelRecord, Source, orphan, relative, stated_size
+from pipeline.data.validation import Finding
+
+
+def read_voc(data: DataConfig, root: Path, target_names: list[str]) -> Source:
+    spec = data.voc
+    annotations, image_dir = root / spec.annotations, root / spec.images
+    for folder, key in ((annotations, "annotations"), (image_dir, "images")):
+        if not folder.is_dir():
+            raise DataError(
+                f"{folder} not found: point data.path at the VOC folder holding {getattr(spec, key)}/ "
+                f"(or set data.voc.{key})"
+            )
+    images = {p.stem: p for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
+    lists = read_image_sets(root / spec.image_sets)
+    split_by_stem = {stem: split for split, rows in lists.items() for stem, _ in rows}
+    entries, orphans, used = [], [], set()
+    for xml in sorted(annotations.rglob("*.xml")):
+        entry = voc_entry(xml, root, images, spec)
+        if entry.image is None:
+            orphans.append(orphan(entry.label_file, None, f"no image {entry.key!r} in {spec.images}/"))
+            continue
+        used.add(entry.image)
+        split = split_by_stem.get(xml.stem)
+        entries.append(replace(entry, split=split, listed=split is not None or not lists))
+    for stem, image in images.items():
+        if image not in used:
+            split = split_by_stem.get(stem)
+            listed = split is not None or not lists
+            entries.append(Entry(relative(image, root), stem, image, None, (), split, listed=listed))
+    orphans += list_orphans(lists, root / spec.image_sets, {e.stem for e in entries}, root)
+    return Source(lambda: iter(entries), len(entries), None, bool(lists), tuple(orphans), root)
+
+
+def read_image_sets(folder: Path) -> dict[str, list[tuple[str, int]]]:
+    """train/val/test.txt (first column of each line); splits are used only with train and val."""
+    lists = {}
+    for split in ("train", "val", "test"):
+        path = folder / f"{split}.txt"
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()  # splitlines drops \r of CRLF files
+            lists[split] = [(line.split()[0], n) for n, line in enumerate(lines, 1) if line.strip()]
+    return lists if {"train", "val"} <= set(lists) else {}
+
+
+def voc_entry(xml: Path, root: Path, images: dict[str, Path], spec: VocConfig) -> Entry:
+    label_file = relative(xml, root)
+    try:
+        tree = parse_xml_with_lines(xml.read_bytes())
+    except expat.ExpatError as exc:
+        image = images.get(xml.stem)
+        key = relative(image, root) if image else xml.stem
+        error = f"XML does not parse: {expat.ErrorString(exc.code)}"
+        return Entry(key, xml.stem, image, label_file, label_error=error, label_error_line=exc.lineno)
+    filename = (tree.findtext("filename") or "").strip()
+    image = root / spec.images / filename if filename else None
+    if image is None or not image.is_file():
+        image = images.get(Path(filename).stem if filename else xml.stem, images.get(xml.stem))
+    key = relative(image, root) if image else f"{spec.images}/{filename or xml.stem}"
+    size = stated_size(tree.findtext("size/width"), tree.findtext("size/height"))
+    offset = 1.0 if spec.one_based else 0.0
+    labels = tuple(voc_record(obj, offset) for obj in tree.iter("object"))
+    return Entry(key, xml.stem, image, label_file, labels, stated_size=size)
+
+
+def voc_record(obj: ElementTree.Element, offset: float) -> LabelRecord:
+    name = (obj.findtext("name") or "").strip()
+    box = obj.find("bndbox")
+    corners = ("xmin", "ymin", "xmax", "ymax")
+    values = tuple((box.findtext(k) or "").strip() for k in corners) if box is not None else ()
+    return LabelRecord(int(obj.get("_line", 0)) or None, name, values, "xyxy", offset=offset)
+
+
+def parse_xml_with_lines(data: bytes) -> ElementTree.Element:
+    """ElementTree with each element's source line in its `_line` attribute (for findings)."""
+    builder = ElementTree.TreeBuilder()
+    parser = expat.ParserCreate()
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        builder.start(tag, {**attrs, "_line": str(parser.CurrentLineNumber)})
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.Parse(data, True)
+    return builder.close()
+
+
+def list_orphans(lists: dict, folder: Path, stems: set[str], root: Path) -> Iterator[Finding]:
+    for split, rows in lists.items():
+        for stem, line in rows:
+            if stem not in stems:
+                yield orphan(
+                    relative(folder / f"{split}.txt", root), line, f"{stem!r} has no annotation or image"
+                )
