@@ -22,7 +22,15 @@ from pipeline.core.rules import (
     max_scale_for_dataset,
 )
 
-SIZE_BUCKETS = (("tiny", 32.0), ("small", 96.0), ("medium", 320.0), ("large", math.inf))  # 13.1.1
+# Guide 13.1.1's object-size buckets, by the side sqrt(w*h) at the training size. Named by their
+# limits, not "small/medium/large": COCO's AP_small/medium/large in evaluate are areas at the
+# source resolution (32^2 and 96^2 px), a different split of the same objects.
+SIZE_BUCKETS = (
+    ("side_under_32px", 32.0),
+    ("side_32_to_96px", 96.0),
+    ("side_96_to_320px", 320.0),
+    ("side_over_320px", math.inf),
+)
 TINY_OBJECT_PX = 32
 SMALL_DATA_IMAGES = 3000  # Algorithm 3: below this, "consider data collection"; Table 6: v9
 SMALL_OBJECT_V12_FRACTION = 0.3  # 13.2.1: more than 30 % of objects under 64 px -> v12

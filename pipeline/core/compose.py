@@ -53,17 +53,24 @@ def misspelling_advice(overrides: Sequence[str], conf_dir: Path) -> str:
     advice = []
     for override in overrides:
         key, _, value = override.partition("=")
-        if value and not key.startswith(("+", "~")) and key not in known and not under_a_leaf(key, known):
-            close = difflib.get_close_matches(key, known, n=1)
-            fix = f"did you mean {close[0]}={value}?" if close else "see conf/ for the keys"
-            advice.append(f"override {override!r}: {key} is not a key of {conf_dir}; {fix}")
+        if not value or key.startswith(("+", "~")) or key in known:
+            continue
+        mapping = leaf_above(key, known)
+        if mapping:
+            entry = key[len(mapping) + 1 :]
+            advice.append(f"override {override!r}: {mapping} is set whole: {mapping}={{{entry}: {value}}}")
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        fix = f"did you mean {close[0]}={value}?" if close else "see conf/ for the keys"
+        advice.append(f"override {override!r}: {key} is not a key of {conf_dir}; {fix}")
     return "; ".join(advice)
 
 
-def under_a_leaf(key: str, known: list[str]) -> bool:
-    """`data.coco.files.train` below `data.coco.files: {}`: a new entry of a mapping, not a misspelling."""
+def leaf_above(key: str, known: list[str]) -> str | None:
+    """`data.coco.files` for `data.coco.files.train` (an entry of a mapping that conf/ leaves empty):
+    the user meant an entry, not a misspelt key."""
     parents = [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)]
-    return any(p in known and not any(k.startswith(p + ".") for k in known) for p in parents)
+    return next((p for p in parents if p in known and not any(k.startswith(p + ".") for k in known)), None)
 
 
 def dotted_keys(tree: Any, prefix: str = "") -> list[str]:

@@ -237,6 +237,8 @@ class RetrainConfig:
     metric: str  # compared on the current evaluation split
     min_improvement: float  # the challenger must beat the champion's metric by at least this
     max_class_drop: float  # and no class's AP50-95 may fall by more than this (absolute)
+    confidence: float  # of the paired bootstrap interval whose lower bound must clear the margin
+    resamples: int  # bootstrap resamples of the evaluation images
     targets: list[str]  # `dvc repro` targets; [] = all of dvc.yaml
     refresh_data: bool  # rerun prepare even when DVC sees no change (a data folder outside DVC)
     lock_file: str
@@ -250,6 +252,9 @@ class RetrainConfig:
         require(0 < margin < 1, "retrain.min_improvement", margin, "in (0, 1): ties never win")
         drop = self.max_class_drop
         require(0 <= drop <= 1, "retrain.max_class_drop", drop, "an AP difference in [0, 1]")
+        level = self.confidence
+        require(0.5 <= level < 1, "retrain.confidence", level, "a confidence level in [0.5, 1), e.g. 0.95")
+        require(self.resamples >= 100, "retrain.resamples", self.resamples, "at least 100 resamples")
         wait = self.lock_wait
         require(wait is None or wait >= 0, "retrain.lock_wait", wait, "seconds >= 0; null: forever")
 

@@ -172,7 +172,9 @@ class CocoKeysConfig:
 
 @dataclass
 class CocoConfig:
-    files: dict[str, str]  # split -> JSON under data.path; {}: detect
+    # split -> JSON under data.path; null: detect. Null rather than {} so that Hydra replaces it
+    # with `data.coco.files={train: a.json}` (an empty mapping would only merge, and refuse new keys)
+    files: dict[str, str] | None
     image_dir: str | None  # where file_name is resolved (under data.path); null: search
     category_id_base: int  # id of the first category when the JSON's categories carry no ids
     keys: CocoKeysConfig
@@ -180,7 +182,7 @@ class CocoConfig:
     def __post_init__(self) -> None:
         base = self.category_id_base
         require(base in (0, 1), "data.coco.category_id_base", base, "0 or 1")
-        for split in self.files:
+        for split in self.files or {}:
             require(split in SPLITS, f"data.coco.files.{split}", split, f"splits are {SPLITS}")
 
 

@@ -93,7 +93,7 @@ def _split_table(splits: tuple[SplitStats, ...]) -> list[str]:
         "imbalance ratio (max/min instances)": lambda s: s.imbalance_ratio,
         "aspect ratio w/h (p5 / median / p95)": lambda s: _triple(s.aspect_ratio, ("p5", "median", "p95")),
         **{
-            f"{name} ({_bucket_range(i)})": lambda s, name=name: _count_share(
+            f"side {_bucket_range(i)} at training size": lambda s, name=name: _count_share(
                 s.size_buckets[name], s.instances
             )
             for i, (name, _) in enumerate(advice.SIZE_BUCKETS)
@@ -163,7 +163,8 @@ def plot_object_sizes(axes, result: AnalyzeResult) -> None:
     for name, limit in advice.SIZE_BUCKETS:
         upper = min(limit, high)
         middle = float(np.sqrt(lower * upper))
-        axes.text(middle, 0.98, name, transform=axes.get_xaxis_transform(), ha="center", va="top")
+        label = name.removeprefix("side_").replace("_to_", "-").replace("_", " ")
+        axes.text(middle, 0.98, label, transform=axes.get_xaxis_transform(), ha="center", va="top")
         if limit < high:
             axes.axvline(limit, color="black", linewidth=1)
         lower = upper

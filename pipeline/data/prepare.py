@@ -59,12 +59,13 @@ def run(cfg: PipelineConfig) -> PrepareResult:
     with staging(out) as stage:
         context = Context(cfg, classes, log, stage / "images" / POOL, dataset_range(source, data.normalize))
         items = corrected(ingest(source, context), data.corrections)
+        own_splits = sorted({item.split for item in items if item.split})
         items, mode = assign_splits(items, source, data.split, cfg.seed)
         assigned = {item.key: item.split for item in items}
         items = check_duplicates(
             items, data.validation, log, mode == "source" and not data.split.move_source_images
         )
-        return finish(stage, out, items, mode, context, split_history(assigned, items, mode))
+        return finish(stage, out, items, mode, context, split_history(assigned, items, mode, own_splits))
 
 
 def main(argv: list[str], prog: str = "python -m pipeline prepare", command: str = "prepare") -> int:

@@ -19,15 +19,21 @@ from pipeline.data.validation import (
 
 # ---- splits ------------------------------------------------------------------------------------
 
+SPLIT_MAPPING_HINT = (
+    "To train on the source's own splits, name them: COCO data.coco.files={train: a.json, val: b.json}; "
+    "VOC ImageSets/Main/{train,val}.txt; YOLO data.yaml train:/val:"
+)
+
 
 def assign_splits(items: list[Item], source: Source, spec: SplitConfig, seed: int) -> tuple[list[Item], str]:
     """Keep the source's train/val(/test), or split by group, stratified by class presence."""
     present = {item.split for item in items}
     has_source_splits = source.has_splits and {"train", "val"} <= present
     if spec.mode == "source" and not has_source_splits:
+        found = ", ".join(sorted(s for s in present if s)) or "no splits at all"
         raise DataError(
-            f"data.split.mode=source, but the source has no train and val splits (found "
-            f"{sorted(map(str, present))}); use data.split.mode=auto or group to split by group"
+            f"data.split.mode=source, but the source has no train and val splits (found: {found}). "
+            f"{SPLIT_MAPPING_HINT}, or use data.split.mode=auto or group to split by group"
         )
     if spec.mode != "group" and has_source_splits:
         return items, "source"
@@ -178,10 +184,17 @@ def likeness(distance: int, exact: bool) -> str:
     return "identical pixels to" if exact else f"a near-duplicate (phash distance {distance}) of"
 
 
-def split_history(assigned: dict[str, str | None], items: list[Item], mode: str) -> dict[str, str]:
-    """Per split, in words: where its images came from, and what moved or dropped them afterwards."""
+def split_history(
+    assigned: dict[str, str | None], items: list[Item], mode: str, own_splits: list[str]
+) -> dict[str, str]:
+    """Per split, in words: where its images came from (and, when the source's own splits were set
+    aside, why), and what moved or dropped them afterwards."""
     final = {item.key: item.split for item in items}
     origin = "the source's own split" if mode == "source" else "split by group here (data.split)"
+    if mode == "group" and own_splits and not {"train", "val"} <= set(own_splits):
+        origin += (
+            f": the source's own splits ({', '.join(own_splits)}) lack train or val. {SPLIT_MAPPING_HINT}"
+        )
     history = {}
     for split in SPLITS:
         moved_in = Counter(assigned[k] for k, s in final.items() if s == split and assigned[k] != split)

@@ -51,6 +51,9 @@ class Evaluation:
     confusion: tuple[tuple[int, ...], ...]  # [predicted][true], last row/column = background
     warnings: tuple[str, ...]
     slices: tuple[SliceMetrics, ...] = ()  # evaluate.slices / slices_csv; empty when neither is set
+    # per image: (file name, TP, FP, FN) of what a deployment keeps (each class's threshold), what a
+    # paired bootstrap against another model resamples (pipeline.evaluate.compare)
+    image_counts: tuple[tuple[str, int, int, int], ...] = ()
 
 
 # ---- per-class numbers from the validator ----------------------------------------------------------

@@ -28,6 +28,7 @@ from pipeline.core.faults import kill_if_armed
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.yolo import import_ultralytics
 from pipeline.evaluate.caveats import all_warnings
+from pipeline.evaluate.compare import image_counts
 from pipeline.evaluate.report import render
 from pipeline.evaluate.results import (
     Evaluation,
@@ -82,17 +83,46 @@ def confusion(
     from ultralytics.utils.metrics import ConfusionMatrix
 
     matrix = ConfusionMatrix(names=dict(enumerate(names)))
-    truth = [[] for _ in grouped]
-    for a in ground_truth["annotations"]:
-        truth[a["image_id"] - 1].append(a)
-    for found, labels in zip(grouped, truth, strict=True):
-        kept = [p for p in found if p["score"] >= cuts[p["category_id"] - 1].conf]
+    for found, labels in zip(grouped, truth_by_image(ground_truth, len(grouped)), strict=True):
+        kept = kept_predictions(found, cuts)
         matrix.process_batch(as_tensors(kept, "score", torch), as_tensors(labels, None, torch), conf=0.0)
     return matrix
 
 
+def truth_by_image(ground_truth: dict[str, Any], images: int) -> list[list[dict]]:
+    truth: list[list[dict]] = [[] for _ in range(images)]
+    for a in ground_truth["annotations"]:
+        truth[a["image_id"] - 1].append(a)
+    return truth
+
+
+def kept_predictions(found: list[dict], cuts: tuple[Threshold, ...]) -> list[dict]:
+    """The predictions a deployment keeps: each class's own confidence threshold."""
+    return [p for p in found if p["score"] >= cuts[p["category_id"] - 1].conf]
+
+
+def deployment_counts(
+    grouped: list[list[dict]], truth: dict[str, Any], cuts: tuple[Threshold, ...], samples: list[Sample]
+) -> tuple[tuple[str, int, int, int], ...]:
+    """Per image (name, TP, FP, FN) at the deployment thresholds, for paired comparisons."""
+    labelled = truth_by_image(truth, len(grouped))
+    counts = []
+    for sample, found, labels in zip(samples, grouped, labelled, strict=True):
+        kept = kept_predictions(found, cuts)
+        predicted = np.array([[*xyxy(p["bbox"]), p["score"], p["category_id"] - 1] for p in kept])
+        boxes = np.array([[*xyxy(a["bbox"]), a["category_id"] - 1] for a in labels])
+        tp, fp, fn = image_counts(predicted.reshape(-1, 6), boxes.reshape(-1, 5))
+        counts.append((sample.image.name, tp, fp, fn))
+    return tuple(counts)
+
+
+def xyxy(box: list[float]) -> list[float]:
+    x, y, w, h = box
+    return [x, y, x + w, y + h]
+
+
 def as_tensors(items: list[dict], score_key: str | None, torch) -> dict[str, Any]:
-    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (i["bbox"] for i in items)]).reshape(-1, 4)
+    boxes = torch.tensor([xyxy(i["bbox"]) for i in items]).reshape(-1, 4)
     found = {"cls": torch.tensor([i["category_id"] - 1 for i in items], dtype=torch.float32), "bboxes": boxes}
     if score_key:
         found["conf"] = torch.tensor([i[score_key] for i in items], dtype=torch.float32)
@@ -149,6 +179,7 @@ def run(cfg: PipelineConfig) -> Evaluation:
     evaluation = replace(
         evaluation, slices=tuple(slice_metrics(samples, grouped, attributes, len(info.names)))
     )
+    evaluation = replace(evaluation, image_counts=deployment_counts(grouped, truth, cuts, samples))
     evaluation = with_warnings(evaluation, matrix.matrix, cfg.evaluate)
     draw_class_ap(evaluation, plots / AP_PER_CLASS_PLOT)
     return evaluation

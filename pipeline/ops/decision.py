@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pipeline.core.config import RETRAIN_METRICS, RetrainConfig
+from pipeline.evaluate.compare import Interval
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -33,6 +34,7 @@ class Verdict:
     metric_delta: float | None  # challenger - champion on the rule's metric
     class_deltas: dict[str, float] = field(default_factory=dict)
     regressions: dict[str, float] = field(default_factory=dict)  # classes falling beyond the bound
+    interval: Interval | None = None  # paired bootstrap of challenger - champion F1 on the same images
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,10 @@ class Decision:
 
 def rule_text(rule: RetrainConfig) -> str:
     return (
-        f"promote when challenger {rule.metric} - champion {rule.metric} >= {rule.min_improvement} "
-        f"and no class's AP50-95 falls by more than {rule.max_class_drop}; the first model is promoted"
+        f"promote when challenger {rule.metric} - champion {rule.metric} >= {rule.min_improvement}, "
+        f"the lower bound of the {rule.confidence:.0%} paired bootstrap interval of challenger - champion "
+        f"F1 (per image, at each model's deployment thresholds) >= {rule.min_improvement}, and no "
+        f"class's AP50-95 falls by more than {rule.max_class_drop}; the first model is promoted"
     )
 
 
@@ -68,8 +72,11 @@ def class_deltas(champion: ModelScore, challenger: ModelScore) -> dict[str, floa
     return {n: round(challenger.per_class.get(n, 0.0) - champion.per_class.get(n, 0.0), 5) for n in names}
 
 
-def decide(champion: ModelScore | None, challenger: ModelScore, rule: RetrainConfig) -> Verdict:
-    """Promote or keep, with the reason in words."""
+def decide(
+    champion: ModelScore | None, challenger: ModelScore, rule: RetrainConfig, interval: Interval | None = None
+) -> Verdict:
+    """Promote or keep, with the reason in words. `interval`: the paired bootstrap of the F1
+    difference on the evaluation images (None only without a champion)."""
     if champion is None:
         return Verdict(True, "no champion yet: the first model becomes champion", None)
     ours, theirs = challenger.metrics[rule.metric], champion.metrics[rule.metric]
@@ -80,12 +87,27 @@ def decide(champion: ModelScore | None, challenger: ModelScore, rule: RetrainCon
     if regressions:
         fallen = ", ".join(f"{name} {d:+.4f}" for name, d in regressions.items())
         reason = f"{compared}, but AP50-95 falls by more than {rule.max_class_drop} for: {fallen}"
-        return Verdict(False, reason, delta, deltas, regressions)
+        return Verdict(False, reason, delta, deltas, regressions, interval)
     if delta < rule.min_improvement:
         reason = f"{compared}: below the margin {rule.min_improvement}"
-        return Verdict(False, reason, delta, deltas)
-    reason = f"{compared} reaches the margin {rule.min_improvement}, no class falls beyond the bound"
-    return Verdict(True, reason, delta, deltas)
+        return Verdict(False, reason, delta, deltas, interval=interval)
+    if interval is None or not interval.clears(rule.min_improvement):
+        reason = f"{compared}, but {interval_text(interval)} does not clear the margin {rule.min_improvement}"
+        return Verdict(False, reason + ": the gain may be noise", delta, deltas, interval=interval)
+    reason = (
+        f"{compared} and {interval_text(interval)} clear the margin {rule.min_improvement}; "
+        "no class falls beyond the bound"
+    )
+    return Verdict(True, reason, delta, deltas, interval=interval)
+
+
+def interval_text(interval: Interval | None) -> str:
+    if interval is None:
+        return "no paired interval (the models were not scored on the same images)"
+    return (
+        f"the {interval.level:.0%} paired bootstrap interval of the F1 difference "
+        f"[{interval.low:+.4f}, {interval.high:+.4f}] ({interval.resamples} resamples)"
+    )
 
 
 def render_markdown(d: Decision) -> str:
@@ -104,6 +126,9 @@ def render_markdown(d: Decision) -> str:
     if d.split:
         models = "both models" if len(d.scores) == 2 else "the model"
         lines.append(f"- **Evaluated on:** the current {d.split}, {models} with the evaluate stage's code")
+    if d.verdict and d.verdict.interval:
+        i = d.verdict.interval
+        lines.append(f"- **F1 difference (challenger - champion):** {i.delta:+.4f}, {interval_text(i)}")
     return "\n".join(lines + metric_table(d) + class_table(d)) + "\n"
 
 

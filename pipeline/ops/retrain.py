@@ -36,6 +36,8 @@ import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.core import tracking
 from pipeline.core.artifacts import Artifacts
 from pipeline.core.cli import stage_parser
@@ -45,6 +47,7 @@ from pipeline.core.io import write_json, write_text
 from pipeline.core.prepared import read_dataset_hash
 from pipeline.evaluate import results
 from pipeline.evaluate import stage as evaluate
+from pipeline.evaluate.compare import Interval, paired_bootstrap
 from pipeline.ops.children import run_bound
 from pipeline.ops.decision import (
     CHALLENGER,
@@ -107,8 +110,9 @@ def refresh_data(cfg: PipelineConfig) -> str:
     return read_dataset_hash(Artifacts.of(cfg).dataset)
 
 
-def score(cfg: PipelineConfig, registry: Registry, version, scratch: Path) -> ModelScore:
-    """The version's weights from the registry, scored by the evaluate stage's code on the current split."""
+def score(cfg: PipelineConfig, registry: Registry, version, scratch: Path) -> tuple[ModelScore, dict]:
+    """The version's weights from the registry, scored by the evaluate stage's code on the current
+    split; with its per-image (TP, FP, FN) by image name, for the paired interval."""
     folder = scratch / f"v{version.version}"
     weights = registry.download(version, folder / "weights")
     paths = replace(cfg.paths, train=str(weights.parent.parent), evaluation=str(folder / "evaluation"))
@@ -117,8 +121,23 @@ def score(cfg: PipelineConfig, registry: Registry, version, scratch: Path) -> Mo
     per_class = {c.name: c.ap50_95 for c in result.classes if c.ap50_95 is not None}
     measured = f"{result.split} split ({result.images} images, {result.instances} objects)"
     metrics = {key: float(flat[key] or 0.0) for key in RETRAIN_METRICS}
-    return ModelScore(
+    model_score = ModelScore(
         str(version.version), version.run_id, registry.dataset_hash(version), metrics, per_class, measured
+    )
+    return model_score, {name: counts for name, *counts in result.image_counts}
+
+
+def paired_interval(champion: dict, challenger: dict, cfg: PipelineConfig) -> Interval:
+    """Both models were scored on the same current split; pair their images by name."""
+    names = sorted(champion.keys() & challenger.keys())
+    if not names:
+        raise RetrainError("the champion and the challenger were scored on no common image")
+    return paired_bootstrap(
+        np.array([champion[n] for n in names]),
+        np.array([challenger[n] for n in names]),
+        resamples=cfg.retrain.resamples,
+        level=cfg.retrain.confidence,
+        seed=cfg.seed,
     )
 
 
@@ -163,9 +182,10 @@ def retrain(cfg: PipelineConfig, force: bool, started: str) -> Decision:
 
 def compare(cfg: PipelineConfig, registry: Registry, champion, challenger, started: str, data_hash: str):
     with tempfile.TemporaryDirectory(prefix="retrain-") as scratch:
-        theirs = score(cfg, registry, champion, Path(scratch)) if champion else None
-        ours = score(cfg, registry, challenger, Path(scratch))
-    verdict = decide(theirs, ours, cfg.retrain)
+        theirs, their_counts = score(cfg, registry, champion, Path(scratch)) if champion else (None, None)
+        ours, our_counts = score(cfg, registry, challenger, Path(scratch))
+    interval = paired_interval(their_counts, our_counts, cfg) if their_counts is not None else None
+    verdict = decide(theirs, ours, cfg.retrain, interval)
     if verdict.promote:
         registry.promote(ours.version)
     scores = {CHAMPION: theirs, CHALLENGER: ours} if theirs else {CHALLENGER: ours}
@@ -253,6 +273,9 @@ def log_record(cfg: PipelineConfig, d: Decision, files: tuple[Path, Path]) -> st
         if d.verdict and d.verdict.metric_delta is not None:
             tracking.log_metrics({cfg.retrain.metric: d.verdict.metric_delta}, prefix="delta/")
             tracking.log_metrics(d.verdict.class_deltas, prefix="delta/AP50-95/")
+        if d.verdict and d.verdict.interval:
+            i = d.verdict.interval
+            tracking.log_metrics({"delta": i.delta, "low": i.low, "high": i.high}, prefix="F1_interval/")
         for path in files:
             mlflow.log_artifact(str(path))
     if CHALLENGER in d.scores:

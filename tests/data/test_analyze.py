@@ -91,7 +91,12 @@ def test_hand_built_statistics_at_an_explicit_image_size(tmp_path, hand_built):
     assert train.class_images == {"cat": 3, "dog": 1}
     assert train.imbalance_ratio == 6.0
     # At 320 px: a scales x3.2 (16, 64, 160), b x1.6 (32, 160, 226), c x3.2 (320).
-    assert train.size_buckets == {"tiny": 1, "small": 2, "medium": 3, "large": 1}
+    assert train.size_buckets == {
+        "side_under_32px": 1,
+        "side_32_to_96px": 2,
+        "side_96_to_320px": 3,
+        "side_over_320px": 1,
+    }
     assert train.fraction_small == pytest.approx(2 / 7, abs=1e-6)  # 16 and 32; 64 is not under 64
     assert train.fraction_tiny == pytest.approx(1 / 7, abs=1e-6)
     assert train.fraction_small_source == pytest.approx(4 / 7, abs=1e-6)  # 5, 20, 50, 20 source px
@@ -99,7 +104,12 @@ def test_hand_built_statistics_at_an_explicit_image_size(tmp_path, hand_built):
     assert train.boxes_per_image["max"] == 3 and train.boxes_per_image["mean"] == pytest.approx(7 / 5)
     assert train.aspect_ratio["median"] == pytest.approx(1.0)  # b's 1.0x1.0 box is 200x100 px: 2.0
     assert (val.images, val.instances, val.class_instances) == (1, 1, {"cat": 0, "dog": 1})
-    assert val.size_buckets == {"tiny": 0, "small": 0, "medium": 1, "large": 0}  # 40 px x 3.2 = 128
+    assert val.size_buckets == {
+        "side_under_32px": 0,
+        "side_32_to_96px": 0,
+        "side_96_to_320px": 1,
+        "side_over_320px": 0,
+    }  # 40 px x 3.2 = 128
 
 
 def test_auto_image_size_comes_from_source_facts_and_buckets_follow_it(tmp_path, hand_built):
@@ -109,13 +119,23 @@ def test_auto_image_size_comes_from_source_facts_and_buckets_follow_it(tmp_path,
     assert result.facts == DatasetFacts(5, (3, 1), round(4 / 7, 6), 200)
     assert result.imgsz == 224
     # x2.24 for 100 px frames (11.2, 44.8, 112, 224), x1.12 for b (22.4, 112, 158.4)
-    assert train.size_buckets == {"tiny": 2, "small": 1, "medium": 4, "large": 0}
+    assert train.size_buckets == {
+        "side_under_32px": 2,
+        "side_32_to_96px": 1,
+        "side_96_to_320px": 4,
+        "side_over_320px": 0,
+    }
     assert dict((d.key, d.value) for d in result.recommendations)["imgsz"] == 224
 
 
 def test_size_bucket_edges_belong_to_the_bucket_above():
     sides = np.array([31.9, 32.0, 95.9, 96.0, 319.9, 320.0, 1000.0])
-    assert analyze.size_bucket_counts(sides) == {"tiny": 1, "small": 2, "medium": 2, "large": 2}
+    assert analyze.size_bucket_counts(sides) == {
+        "side_under_32px": 1,
+        "side_32_to_96px": 2,
+        "side_96_to_320px": 2,
+        "side_over_320px": 2,
+    }
 
 
 def test_class_ids_follow_classes_names_when_data_yaml_orders_them_differently(tmp_path):

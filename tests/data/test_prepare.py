@@ -756,6 +756,34 @@ def test_coco_json_per_split_with_backgrounds_and_orphans(tmp_path):
     ]
 
 
+def test_coco_with_only_val_and_test_says_why_it_resplits_and_maps_its_splits_without_a_plus(tmp_path):
+    """A published dataset with official val and test JSON and no train: re-split by group with the
+    reason in the split summary; mapped with data.coco.files, the source's splits are kept."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split, first in (("val", 1), ("test", 4)):
+        rows = [(i, f"{split}{i}.png") for i in range(first, first + 3)]
+        for _, name in rows:
+            save_image(root / "images" / name)
+        boxes = [(i, i, 1, [16, 12, 32, 24]) for i, _ in rows]
+        (root / f"annotations/instances_{split}.json").write_text(json.dumps(coco_doc(rows, boxes)))
+    result, _, _ = prepare(tmp_path, root, data="coco_json")
+    assert result.split_mode == "group"
+    assert "the source's own splits (test, val) lack train or val" in result.split_origins["train"]
+    assert "data.coco.files={train: a.json, val: b.json}" in result.split_origins["train"]
+    with pytest.raises(DataError, match=r"\(found: test, val\)\. To train on the source's own splits"):
+        base = [
+            "data=coco_json",
+            f"data.path={root}",
+            "classes.names=[cat,dog]",
+            f"paths.prepared={tmp_path}/p",
+        ]
+        run(compose_config([*base, "sensor=rgb", "data.split.mode=source"]))
+    mapping = "data.coco.files={train: annotations/instances_test.json, val: annotations/instances_val.json}"
+    kept, _, _ = prepare(tmp_path, root, mapping, data="coco_json")
+    assert kept.split_mode == "source" and kept.images["train"] == 3 and kept.images["val"] == 3
+
+
 def test_coco_json_with_renamed_keys_and_zero_based_ids_without_categories(tmp_path):
     root = tmp_path / "export"
     names = [f"f{i}.png" for i in range(6)]

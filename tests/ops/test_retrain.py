@@ -20,11 +20,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.compose import compose_config, write_params
 from pipeline.core.io import read_json
+from pipeline.evaluate.compare import paired_bootstrap
 from pipeline.ops import children, retrain
 from pipeline.ops import decision as rules
 from pipeline.ops import lock as locking
@@ -49,6 +51,16 @@ def own_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+def counts(tp: int, fp: int, fn: int, images: int = 40) -> np.ndarray:
+    """(images, 3) per-image TP/FP/FN, the same on every image."""
+    return np.tile([tp, fp, fn], (images, 1))
+
+
+# A challenger that finds all three objects of each image against a champion that finds none: an
+# F1 difference of 1.0 on every resample, certain by construction.
+CLEAR_WIN = paired_bootstrap(counts(0, 2, 3), counts(3, 0, 0))
+
+
 def scored(version: int, value: float, **per_class: float) -> rules.ModelScore:
     metrics = {"mAP50-95": value, "mAP50": min(1.0, 2 * value), "precision": 0.5, "recall": 0.5}
     return rules.ModelScore(str(version), f"run{version}", f"data{version}", metrics, per_class, "test split")
@@ -63,8 +75,8 @@ def test_first_model_becomes_champion():
 
 
 def test_challenger_beating_the_margin_is_promoted():
-    verdict = rules.decide(scored(1, 0.30, a=0.3, b=0.3), scored(2, 0.32, a=0.29, b=0.35), RULE)
-    assert verdict.promote
+    verdict = rules.decide(scored(1, 0.30, a=0.3, b=0.3), scored(2, 0.32, a=0.29, b=0.35), RULE, CLEAR_WIN)
+    assert verdict.promote and verdict.interval == CLEAR_WIN and CLEAR_WIN.low == 1.0
     assert verdict.metric_delta == pytest.approx(0.02)
     assert verdict.class_deltas == {"a": pytest.approx(-0.01), "b": pytest.approx(0.05)}
 
@@ -73,6 +85,27 @@ def test_challenger_beating_the_margin_is_promoted():
 def test_win_below_the_margin_or_a_tie_keeps_the_champion(challenger):
     verdict = rules.decide(scored(1, 0.30), scored(2, challenger), RULE)
     assert not verdict.promote and "below the margin" in verdict.reason
+
+
+def test_identical_models_are_not_promoted_whatever_the_mean_says():
+    """Same per-image counts: the interval is [0, 0], so a mean gain (say from another metric's
+    noise) does not promote."""
+    same = counts(2, 1, 1)
+    interval = paired_bootstrap(same, same.copy())
+    assert (interval.delta, interval.low, interval.high) == (0.0, 0.0, 0.0)
+    verdict = rules.decide(scored(1, 0.30), scored(2, 0.32), RULE, interval)
+    assert not verdict.promote and "may be noise" in verdict.reason and "[+0.0000, +0.0000]" in verdict.reason
+
+
+def test_a_gain_inside_the_noise_is_not_promoted():
+    """Half the images better, half worse: the interval straddles 0 although the mean rises."""
+    rng = np.random.default_rng(0)
+    champion = np.array([[2, 0, 1]] * 40)
+    challenger = np.array([[3, 0, 0] if better else [1, 0, 2] for better in rng.random(40) < 0.55])
+    interval = paired_bootstrap(champion, challenger)
+    assert interval.low < 0 < interval.high
+    verdict = rules.decide(scored(1, 0.30), scored(2, 0.35), RULE, interval)
+    assert not verdict.promote and "does not clear the margin 0.01" in verdict.reason
 
 
 def test_a_class_falling_beyond_the_bound_keeps_the_champion_despite_a_better_mean():
@@ -99,7 +132,7 @@ def test_history_follows_the_champion_alias(history, alias, expected, dropped):
 
 def test_markdown_record_shows_both_models_and_flags_the_falling_class():
     champion, challenger = scored(1, 0.30, person=0.5, vehicle=0.1), scored(2, 0.40, person=0.4, vehicle=0.4)
-    verdict = rules.decide(champion, challenger, RULE)
+    verdict = rules.decide(champion, challenger, RULE, CLEAR_WIN)
     decision = rules.Decision(
         "retrain", "kept", verdict.reason, MODEL, rules.rule_text(RULE), "2026-01-01T00:00:00+00:00",
         champion_before="1", champion_after="1", verdict=verdict,
@@ -110,6 +143,7 @@ def test_markdown_record_shows_both_models_and_flags_the_falling_class():
     assert "| mAP50-95 | 0.3000 | 0.4000 |" in text
     assert "| person | 0.5000 | 0.4000 | -0.1000 | falls beyond the bound |" in text
     assert "no class's AP50-95 falls by more than 0.05" in text
+    assert "**F1 difference (challenger - champion):** +1.0000" in text and "[+1.0000, +1.0000]" in text
 
 
 # ---- the registry (real MLflow on SQLite) ---------------------------------------------------------
@@ -476,6 +510,8 @@ def test_v2_more_data_is_promoted_on_the_rerun(project):
     champion, challenger = record["scores"]["champion"], record["scores"]["challenger"]
     assert challenger["metrics"]["mAP50-95"] - champion["metrics"]["mAP50-95"] >= RETRAIN.min_improvement
     assert champion["measured"] == challenger["measured"]  # the same current split for both
+    interval = record["verdict"]["interval"]  # v1 finds nothing: every resample favours v2
+    assert interval["low"] >= RETRAIN.min_improvement and interval["level"] == RETRAIN.confidence
     run = next(r for r in decision_runs_of(project) if r.data.tags["retrain.outcome"] == "promoted")
     assert run.data.tags["retrain.champion_after"] == "2"
     artifacts = {Path(a.path).suffix for a in client(project).list_artifacts(run.info.run_id)}
