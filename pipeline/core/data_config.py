@@ -54,6 +54,7 @@ FINDING_ACTIONS: dict[str, tuple[str, ...]] = {
     "duplicate_image": ("error", "drop", "warn"),
     "near_duplicate_image": ("error", "drop", "warn"),
     "split_leakage": ("error", "drop", "fix", "warn"),
+    "zero_based_voc": ("error", "fix", "warn"),
 }
 
 
@@ -81,6 +82,7 @@ class PolicyConfig:
     duplicate_image: str
     near_duplicate_image: str
     split_leakage: str
+    zero_based_voc: str
 
     def __post_init__(self) -> None:
         for kind, allowed in FINDING_ACTIONS.items():

@@ -41,7 +41,37 @@ def read_voc(data: DataConfig, root: Path, target_names: list[str]) -> Source:
             listed = split is not None or not lists
             entries.append(Entry(relative(image, root), stem, image, None, (), split, listed=listed))
     orphans += list_orphans(lists, root / spec.image_sets, {e.stem for e in entries}, root)
+    entries, convention = checked_convention(entries, spec, data.validation.policy.zero_based_voc)
+    orphans += convention
     return Source(lambda: iter(entries), len(entries), None, bool(lists), tuple(orphans), root)
+
+
+def checked_convention(
+    entries: list[Entry], spec: VocConfig, policy: str
+) -> tuple[list[Entry], list[Finding]]:
+    """Boxes at pixel 0 cannot be 1-based: a 0-based exporter's files read as 1-based would all shift
+    by a pixel (and those at 0 fall off the frame). Policy fix reads every file as 0-based."""
+    at_zero = [(e, r) for e in entries for r in e.labels if starts_at_zero(r)] if spec.one_based else []
+    if not at_zero:
+        return entries, []
+    entry, record = at_zero[0]
+    files = len({e.label_file for e, _ in at_zero})
+    done = "read every file as 0-based" if policy == "fix" else "kept 1-based (policy warn)"
+    message = (
+        f"{len(at_zero)} box(es) in {files} file(s) start at pixel 0, which 1-based VOC "
+        f"(data.voc.one_based=true) cannot have; {done}"
+    )
+    finding = Finding("zero_based_voc", entry.label_file or entry.key, record.line, message)
+    if policy == "fix":
+        entries = [replace(e, labels=tuple(replace(r, offset=0.0) for r in e.labels)) for e in entries]
+    return entries, [finding]
+
+
+def starts_at_zero(record: LabelRecord) -> bool:
+    try:
+        return any(float(v) == 0 for v in record.values[:2])
+    except ValueError:
+        return False  # not numbers: validation reports the line
 
 
 def read_image_sets(folder: Path) -> dict[str, list[tuple[str, int]]]:

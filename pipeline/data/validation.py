@@ -47,6 +47,7 @@ HINTS = {
     "near_duplicate_image": "near-identical frames add little; thin out bursts of one scene",
     "split_leakage": "near-identical images in two splits inflate validation metrics; keep each "
     "scene in one split (policy fix moves them together)",
+    "zero_based_voc": "set data.voc.one_based=false for this exporter (1-based VOC starts at pixel 1)",
 }
 EXACT_TOLERANCE = 1e-6  # normalised coordinates closer than this are the same box
 ROUNDING = 1e-6  # a box overhanging the frame by less than this is clipped without a finding

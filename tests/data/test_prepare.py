@@ -322,6 +322,25 @@ def test_voc_reads_split_lists_with_crlf_and_one_based_pixels(tmp_path):
     ]  # x 16..47 of 64, y 12..35 of 48
 
 
+@pytest.mark.parametrize("action", actions("zero_based_voc"))
+def test_zero_based_voc(tmp_path, action):
+    """A 0-based exporter under the default data.voc.one_based=true: a box at pixel 0 gives it away."""
+    files = {stem: voc_xml(f"{stem}.png", SIZE, [("cat", (16, 12, 47, 35))]) for stem in ("a", "b", "v")}
+    files["z"] = voc_xml("z.png", SIZE, [("cat", (0, 0, 31, 23))])
+    source = voc_tree(tmp_path / "voc", files, {"train": ["a", "b", "z"], "val": ["v"]})
+    policy = f"data.validation.policy.zero_based_voc={action}"
+    result, report, out = prepare(tmp_path, source, policy, data="voc_xml")
+    assert [file for file, _ in found(report, "zero_based_voc")] == ["Annotations/z.xml"]
+    if action == "error":
+        assert_failed(result, out, "zero_based_voc")
+    elif action == "fix":  # every file read as 0-based: x 16..47 of 64, y 12..35 of 48; z stays inside
+        assert label_lines(out, "a") == ["0 0.492188 0.489583 0.484375 0.479167"]
+        assert found(report, "slightly_out_of_bounds") == []
+    else:  # warn: kept 1-based, so z's box at -1 px overhangs the frame
+        overhangs = found(report, "slightly_out_of_bounds") + found(report, "out_of_bounds")
+        assert [file for file, _ in overhangs] == ["Annotations/z.xml"]
+
+
 @pytest.mark.parametrize("action", actions("size_mismatch"))
 def test_size_mismatch(tmp_path, action):
     files = clean_voc(m=voc_xml("m.png", (128, 96), [("cat", (33, 25, 96, 72))]))
