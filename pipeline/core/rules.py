@@ -26,6 +26,9 @@ SCALE_MIN_IMAGES = {"n": 1500, "s": 3000, "m": 6000, "l": 10000, "x": 15000}
 SCALE_CEILING = ((3000, "n"), (8000, "s"), (15000, "m"))
 SMALL_OBJECT_PX = 64  # Algorithm 4 uses the share of objects under 64 px
 SMALL_OBJECT_AUGMENTATION = {"scale": 0.3, "mosaic": 0.7, "copy_paste": 0.4}  # section 13.4.1
+# From this share of objects under 64 px on: Algorithm 4's first step up from 640 px, where small
+# objects start to matter (not "dominate", which is its 0.5 step).
+SMALL_OBJECT_SHARE = 0.2
 MAX_BATCH = 256
 NOMINAL_BATCH = 64  # Ultralytics' nbs: gradients accumulate to 64 images per optimizer step per device
 MIN_BATCHES_PER_EPOCH = 16
@@ -57,7 +60,10 @@ class Plan:
     warnings: tuple[str, ...] = field(default=())
 
     def value(self, key: str) -> Any:
-        return next(d.value for d in self.decisions if d.key == key)
+        return self.decision(key).value
+
+    def decision(self, key: str) -> Decision:
+        return next(d for d in self.decisions if d.key == key)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -127,7 +133,7 @@ def imgsz_rule(facts: DatasetFacts | None) -> tuple[int, str]:
     if facts is None:
         return 640, "640 standard (no dataset analysis yet: run analyze for Algorithm 4)"
     small = facts.fraction_small
-    wanted = 640 if small < 0.2 else 1280 if small < 0.5 else 1920
+    wanted = 640 if small < SMALL_OBJECT_SHARE else 1280 if small < 0.5 else 1920
     reason = f"Algorithm 4: {small:.0%} of objects under {SMALL_OBJECT_PX} px -> {wanted}"
     source_cap = math.ceil(facts.max_side / 32) * 32
     if source_cap < wanted:
@@ -189,9 +195,12 @@ def class_weight_rule(facts: DatasetFacts | None) -> tuple[float, str]:
 
 def augmentation_rule(cfg: PipelineConfig, key: str, facts: DatasetFacts | None) -> tuple[float, str]:
     sensor = cfg.sensor
-    if facts is not None and facts.fraction_small >= 0.2 and key in SMALL_OBJECT_AUGMENTATION:
+    if facts is not None and facts.fraction_small >= SMALL_OBJECT_SHARE and key in SMALL_OBJECT_AUGMENTATION:
         value = SMALL_OBJECT_AUGMENTATION[key]
-        return value, f"small-object setting ({facts.fraction_small:.0%} under 64 px, guide 13.4.1)"
+        return value, (
+            f"small-object setting: {facts.fraction_small:.0%} of objects under 64 px, at least "
+            f"{SMALL_OBJECT_SHARE:.0%} (guide 13.4.1)"
+        )
     value = sensor.augmentation.get(key, 0.0)
     if key in sensor.forbidden_augmentation:
         return value, f"off for {sensor.name}: forbidden by guide 5.3.1"
@@ -226,13 +235,13 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
     decide("time", t.time_hours, lambda: _time_budget(cfg))
     imgsz = decide("imgsz", t.imgsz, lambda: imgsz_rule(facts))
     decide("batch", t.batch, lambda: training_batch_rule(cfg, imgsz, facts))
-    decide("workers", t.workers, lambda: (hw.workers, f"profile {hw.name}"))
+    decide("workers", t.workers, lambda: workers_rule(hw))
     decide("device", AUTO, lambda: (hw.device, f"profile {hw.name}: {hw.gpus} GPU(s)"))
     decide("amp", t.amp, lambda: (hw.amp, f"profile {hw.name}"))
-    decide("cache", t.cache, lambda: _cache_rule(cfg, facts))
+    decide("cache", t.cache, lambda: cache_rule(cfg, imgsz, facts))
     decide("lr0", t.lr0, lambda: lr0_rule(cfg.sensor.lr_base, cfg.sensor.lr_factor, classes, cfg.sensor.name))
     decide("warmup_epochs", t.warmup_epochs, lambda: warmup_rule(cfg.sensor.warmup_epochs, epochs))
-    decide("close_mosaic", t.close_mosaic, lambda: (min(10, max(0, epochs // 10)), "last 10 % of epochs"))
+    decide("close_mosaic", t.close_mosaic, lambda: close_mosaic_rule(epochs))
     decide("cls_pw", t.cls_pw, lambda: class_weight_rule(facts))
     for key in AUGMENTATION_KEYS:
         decide(key, getattr(t, key), lambda key=key: augmentation_rule(cfg, key, facts))
@@ -266,16 +275,32 @@ def _time_budget(cfg: PipelineConfig) -> tuple[float | None, str]:
     )
 
 
-def _cache_rule(cfg: PipelineConfig, facts: DatasetFacts | None) -> tuple[bool, str]:
-    if facts is None:
-        return False, "dataset size unknown: no RAM cache"
-    megabytes = facts.train_images * facts.max_side**2 * 3 / 1e6
-    fits = megabytes < cfg.hardware.memory_gb * 1000 / 4
-    verdict = "fits" if fits else "does not fit"
-    return (
-        fits,
-        f"~{megabytes:.0f} MB of decoded images {verdict} in a quarter of {cfg.hardware.memory_gb:g} GB",
+def workers_rule(hardware: HardwareConfig) -> tuple[int, str]:
+    """What really runs: Ultralytics loads data in the training process on CPU and MPS (it sets
+    workers=0 there whatever is asked), so the plan says 0 rather than the profile's number."""
+    if hardware.device in ("cpu", "mps"):
+        return 0, f"profile {hardware.name} trains on {hardware.device}: Ultralytics uses 0 workers there"
+    return hardware.workers, f"profile {hardware.name}"
+
+
+def cache_rule(cfg: PipelineConfig, imgsz: int, facts: DatasetFacts | None) -> tuple[bool, str]:
+    """No cache by default: Ultralytics' RAM cache makes training non-deterministic (its own
+    warning), and its disk cache writes .npy files into the DVC-tracked dataset."""
+    reason = (
+        "no image cache, so two runs of one commit train the same model (RAM caching is not deterministic)"
     )
+    if facts is None:
+        return False, reason
+    megabytes = facts.train_images * imgsz**2 * 3 / 1e6
+    fits = megabytes < cfg.hardware.memory_gb * 1000 / 4
+    room = "would fit" if fits else "would not fit"
+    return False, f"{reason}; train.cache=true (RAM) is faster: ~{megabytes:.0f} MB at {imgsz} px {room}"
+
+
+def close_mosaic_rule(epochs: int) -> tuple[int, str]:
+    value = min(10, max(0, epochs // 10))
+    share = f"{value / epochs:.0%}" if epochs else "none"
+    return value, f"mosaic off for the last {value} of {epochs} epochs ({share}; 10 % of them, at most 10)"
 
 
 def check_sensor_guardrails(cfg: PipelineConfig) -> None:

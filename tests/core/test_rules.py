@@ -193,3 +193,21 @@ def test_class_weight_power_outside_zero_to_one_is_refused():
 
     with pytest.raises(ConfigError, match=r"train.cls_pw.*\[0, 1\]"):
         compose_config(["train.cls_pw=1.5"])
+
+
+def test_the_plan_states_what_ultralytics_really_runs_on_cpu():
+    """Ultralytics sets workers=0 on CPU and warns that its RAM cache is not deterministic."""
+    cpu = resolve_plan(compose_config(["hardware=cpu"]), facts(train_images=100, max_side=640))
+    assert cpu.value("workers") == 0 and "0 workers" in cpu.decision("workers").reason
+    assert cpu.value("cache") is False and "not deterministic" in cpu.decision("cache").reason
+    gpu = resolve_plan(compose_config(["hardware=rtx5090"]), facts())
+    assert gpu.value("workers") == compose_config(["hardware=rtx5090"]).hardware.workers
+    assert compose_config(["train.cache=true"]).train.cache is True  # still the user's to choose
+
+
+@pytest.mark.parametrize(
+    ("epochs", "expected", "words"), [(3450, 10, "last 10 of 3450"), (25, 2, "last 2 of 25")]
+)
+def test_close_mosaic_reason_names_its_real_share(epochs, expected, words):
+    value, reason = rules.close_mosaic_rule(epochs)
+    assert value == expected and words in reason
