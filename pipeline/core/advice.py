@@ -47,14 +47,17 @@ def is_edge(platform: str) -> bool:
     return platform.startswith(EDGE_PLATFORM_PREFIX)
 
 
-def model_family_rule(fraction_small: float, train_images: int, platform: str) -> tuple[str, str]:
+def model_family_rule(
+    fraction_small: float, train_images: int, platform: str, sensor: str = "rgb"
+) -> tuple[str, str]:
     """Guide 2.8 and Table 6 (v11 default, v9 for small data), 13.2.1 (v12 for many small objects).
     Small data comes first: v12 needs the most data of all (Table 6: 5x), v9 the least (2.5x)."""
     share = f"{fraction_small:.0%} of objects under {SMALL_OBJECT_PX} px at the training size"
     if train_images < SMALL_DATA_IMAGES:
         return "yolov9", (
             f"{train_images} training images (< {SMALL_DATA_IMAGES}): v9's auxiliary gradients suit small "
-            f"datasets, thermal and small objects (guide 2.3.3, 2.8, Table 6); {share}"
+            f"datasets{', thermal' if sensor == 'thermal' else ''} and small objects (guide 2.3.3, 2.8, "
+            f"Table 6); {share}"
         )
     if fraction_small <= SMALL_OBJECT_V12_FRACTION:
         return "yolo11", f"{train_images} images, {share}: v11 is the balanced default (guide 2.8)"

@@ -262,7 +262,9 @@ def recommend(
 ) -> tuple[Decision, ...]:
     """Model family, scale, P2 head (from the analysis) and the plan's resolution, epochs and lr0."""
     platform, imgsz = cfg.hardware.platform, plan.value("imgsz")
-    family, family_reason = advice.model_family_rule(train.fraction_small, facts.train_images, platform)
+    family, family_reason = advice.model_family_rule(
+        train.fraction_small, facts.train_images, platform, cfg.sensor.name
+    )
     scale, scale_reason = advice.scale_rule(facts.train_images, cfg.hardware.max_scale, cfg.hardware.name)
     p2, p2_reason = advice.p2_head_rule(train.fraction_tiny, train.fraction_small, imgsz, platform)
     if p2:
