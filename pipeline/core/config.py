@@ -237,6 +237,7 @@ class RetrainConfig:
     metric: str  # compared on the current evaluation split
     min_improvement: float  # the challenger must beat the champion's metric by at least this
     max_class_drop: float  # and no class's AP50-95 may fall by more than this (absolute)
+    max_slice_drop: float  # nor any slice's mAP50-95 (evaluate.slices) with enough objects
     confidence: float  # of the paired bootstrap interval whose lower bound must clear the margin
     resamples: int  # bootstrap resamples of the evaluation images
     targets: list[str]  # `dvc repro` targets; [] = all of dvc.yaml
@@ -252,6 +253,8 @@ class RetrainConfig:
         require(0 < margin < 1, "retrain.min_improvement", margin, "in (0, 1): ties never win")
         drop = self.max_class_drop
         require(0 <= drop <= 1, "retrain.max_class_drop", drop, "an AP difference in [0, 1]")
+        slice_drop = self.max_slice_drop
+        require(0 <= slice_drop <= 1, "retrain.max_slice_drop", slice_drop, "an mAP difference in [0, 1]")
         level = self.confidence
         require(0.5 <= level < 1, "retrain.confidence", level, "a confidence level in [0.5, 1), e.g. 0.95")
         require(self.resamples >= 100, "retrain.resamples", self.resamples, "at least 100 resamples")

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from pipeline.core.config import RETRAIN_METRICS, RetrainConfig
 from pipeline.evaluate.compare import Interval
+from pipeline.evaluate.slices import slice_regressions
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -25,6 +26,7 @@ class ModelScore:
     metrics: dict[str, float]  # RETRAIN_METRICS
     per_class: dict[str, float]  # AP50-95 of each class with instances in the split
     measured: str  # where the metrics come from
+    slices: tuple[dict, ...] = ()  # evaluate.slices metrics on the same split (SliceMetrics.as_dict)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Verdict:
     class_deltas: dict[str, float] = field(default_factory=dict)
     regressions: dict[str, float] = field(default_factory=dict)  # classes falling beyond the bound
     interval: Interval | None = None  # paired bootstrap of challenger - champion F1 on the same images
+    slice_regressions: tuple[str, ...] = ()  # slices falling beyond retrain.max_slice_drop, in words
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,9 @@ def rule_text(rule: RetrainConfig) -> str:
     return (
         f"promote when challenger {rule.metric} - champion {rule.metric} >= {rule.min_improvement}, "
         f"the lower bound of the {rule.confidence:.0%} paired bootstrap interval of challenger - champion "
-        f"F1 (per image, at each model's deployment thresholds) >= {rule.min_improvement}, and no "
-        f"class's AP50-95 falls by more than {rule.max_class_drop}; the first model is promoted"
+        f"F1 (per image, at each model's deployment thresholds) >= {rule.min_improvement}, no "
+        f"class's AP50-95 falls by more than {rule.max_class_drop} and no slice's mAP50-95 by more than "
+        f"{rule.max_slice_drop}; the first model is promoted"
     )
 
 
@@ -73,10 +77,15 @@ def class_deltas(champion: ModelScore, challenger: ModelScore) -> dict[str, floa
 
 
 def decide(
-    champion: ModelScore | None, challenger: ModelScore, rule: RetrainConfig, interval: Interval | None = None
+    champion: ModelScore | None,
+    challenger: ModelScore,
+    rule: RetrainConfig,
+    interval: Interval | None = None,
+    slice_min_instances: int = 0,
 ) -> Verdict:
     """Promote or keep, with the reason in words. `interval`: the paired bootstrap of the F1
-    difference on the evaluation images (None only without a champion)."""
+    difference on the evaluation images (None only without a champion); slices with fewer objects
+    than `slice_min_instances` (evaluate's) are too noisy to block a promotion."""
     if champion is None:
         return Verdict(True, "no champion yet: the first model becomes champion", None)
     ours, theirs = challenger.metrics[rule.metric], champion.metrics[rule.metric]
@@ -88,6 +97,12 @@ def decide(
         fallen = ", ".join(f"{name} {d:+.4f}" for name, d in regressions.items())
         reason = f"{compared}, but AP50-95 falls by more than {rule.max_class_drop} for: {fallen}"
         return Verdict(False, reason, delta, deltas, regressions, interval)
+    fallen_slices = tuple(
+        slice_regressions(champion.slices, challenger.slices, rule.max_slice_drop, slice_min_instances)
+    )
+    if fallen_slices:
+        reason = f"{compared}, but a slice falls: {'; '.join(fallen_slices)}"
+        return Verdict(False, reason, delta, deltas, interval=interval, slice_regressions=fallen_slices)
     if delta < rule.min_improvement:
         reason = f"{compared}: below the margin {rule.min_improvement}"
         return Verdict(False, reason, delta, deltas, interval=interval)

@@ -122,7 +122,13 @@ def score(cfg: PipelineConfig, registry: Registry, version, scratch: Path) -> tu
     measured = f"{result.split} split ({result.images} images, {result.instances} objects)"
     metrics = {key: float(flat[key] or 0.0) for key in RETRAIN_METRICS}
     model_score = ModelScore(
-        str(version.version), version.run_id, registry.dataset_hash(version), metrics, per_class, measured
+        str(version.version),
+        version.run_id,
+        registry.dataset_hash(version),
+        metrics,
+        per_class,
+        measured,
+        tuple(s.as_dict() for s in result.slices),
     )
     return model_score, {name: counts for name, *counts in result.image_counts}
 
@@ -185,7 +191,7 @@ def compare(cfg: PipelineConfig, registry: Registry, champion, challenger, start
         theirs, their_counts = score(cfg, registry, champion, Path(scratch)) if champion else (None, None)
         ours, our_counts = score(cfg, registry, challenger, Path(scratch))
     interval = paired_interval(their_counts, our_counts, cfg) if their_counts is not None else None
-    verdict = decide(theirs, ours, cfg.retrain, interval)
+    verdict = decide(theirs, ours, cfg.retrain, interval, cfg.evaluate.slice_min_instances)
     if verdict.promote:
         registry.promote(ours.version)
     scores = {CHAMPION: theirs, CHALLENGER: ours} if theirs else {CHALLENGER: ours}

@@ -108,6 +108,23 @@ def test_a_gain_inside_the_noise_is_not_promoted():
     assert not verdict.promote and "does not clear the margin 0.01" in verdict.reason
 
 
+def night(map50_95: float, instances: int = 40) -> tuple[dict, ...]:
+    """The night slice (evaluate.slices' light=night) of a model, as evaluate reports it."""
+    values = {"images": 8, "instances": instances, "map50": map50_95, "map50_95": map50_95, "recall": 0.5}
+    return ({"attribute": "light", "value": "night", **values},)
+
+
+def test_a_slice_falling_beyond_the_bound_keeps_the_champion_and_the_record_names_it():
+    champion = replace(scored(1, 0.30), slices=night(0.30))
+    challenger = replace(scored(2, 0.40), slices=night(0.20))  # better overall, 0.10 worse at night
+    verdict = rules.decide(champion, challenger, RULE, CLEAR_WIN, slice_min_instances=10)
+    assert not verdict.promote and len(verdict.slice_regressions) == 1
+    assert "slice light=night (40 objects): mAP50-95 0.300 -> 0.200" in verdict.reason
+    assert rules.decide(champion, challenger, replace(RULE, max_slice_drop=0.2), CLEAR_WIN, 10).promote
+    few = replace(challenger, slices=night(0.20, instances=5))  # too few objects to block a promotion
+    assert rules.decide(champion, few, RULE, CLEAR_WIN, slice_min_instances=10).promote
+
+
 def test_a_class_falling_beyond_the_bound_keeps_the_champion_despite_a_better_mean():
     champion, challenger = scored(1, 0.30, person=0.5, vehicle=0.1), scored(2, 0.40, person=0.4, vehicle=0.4)
     verdict = rules.decide(champion, challenger, RULE)
