@@ -126,6 +126,9 @@ def coco_entries(
         if isinstance(ann, dict) and not ann.get(keys.iscrowd):  # crowd regions are not boxes
             by_image.setdefault(ann.get(keys.image_id), []).append(coco_record(ann, keys))
     entries, orphans, seen = [], [], set()
+    # Images may sit in a folder named after the JSON's own split (test/ for test.json) even when
+    # data.coco.files maps that JSON to another split.
+    splits = [s for s in (split, split_of(path, base)) if s]
     for index, image in enumerate(doc[keys.images]):
         if not isinstance(image, dict):
             raise DataError(
@@ -133,7 +136,7 @@ def coco_entries(
             )
         image_id, file_name = image.get(keys.id), str(image.get(keys.file_name, ""))
         seen.add(image_id)
-        found = coco_image_path(spec, base, path.parent, file_name, split)
+        found = coco_image_path(spec, base, path.parent, file_name, splits)
         labels = tuple(by_image.get(image_id, ()))
         if found is None:
             where = f"image id={image_id}"
@@ -141,6 +144,7 @@ def coco_entries(
             continue
         size = stated_size(image.get(keys.width), image.get(keys.height))
         entries.append(Entry(relative(found, base), found.stem, found, json_key, labels, split, None, size))
+    refuse_missing_images(len(doc[keys.images]), len(entries), path, spec)
     for image_id in sorted(set(by_image) - seen, key=str):
         n = len(by_image[image_id])
         orphans.append(orphan(json_key, None, f"{n} annotation(s) name image_id={image_id!r}, not in images"))
@@ -155,13 +159,28 @@ def coco_record(ann: dict, keys: Any) -> LabelRecord:
     )
 
 
+MAX_MISSING_IMAGES = 0.5  # more of a JSON's images missing than this is a wrong folder, not a few strays
+
+
+def refuse_missing_images(listed: int, found: int, path: Path, spec: CocoConfig) -> None:
+    """A JSON most of whose images are missing points at the wrong folder: training on the rest
+    while reporting `status: ok` would hide it."""
+    missing = listed - found
+    if listed and missing / listed > MAX_MISSING_IMAGES:
+        where = f"data.coco.image_dir={spec.image_dir!r}" if spec.image_dir else "the folders searched"
+        raise DataError(
+            f"{path}: {missing} of the {listed} images it lists were not found in {where}; "
+            "set data.coco.image_dir to the folder that its file_name values are relative to"
+        )
+
+
 def coco_image_path(
-    spec: CocoConfig, base: Path, json_dir: Path, name: str, split: str | None
+    spec: CocoConfig, base: Path, json_dir: Path, name: str, split_names: list[str]
 ) -> Path | None:
     if spec.image_dir is not None:
         candidates = [base / spec.image_dir / name]
     else:
-        splits = [a for a, s in SPLIT_ALIASES.items() if s == split]
+        splits = [a for a, s in SPLIT_ALIASES.items() if s in split_names]
         folders = [json_dir, json_dir / "images", base, base / "images", json_dir.parent / "images"]
         folders += [base / a for a in splits] + [base / "images" / a for a in splits]
         candidates = [folder / name for folder in folders]

@@ -803,6 +803,34 @@ def test_coco_with_only_val_and_test_says_why_it_resplits_and_maps_its_splits_wi
     assert kept.split_mode == "source" and kept.images["train"] == 3 and kept.images["val"] == 3
 
 
+def test_coco_images_in_per_split_folders_follow_their_json_and_a_wrong_folder_fails(tmp_path):
+    """test.json's images in test/, mapped to train: found there, not looked for in train/. Most of a
+    JSON's images missing is a wrong folder: an error, not `status: ok` on the few found."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split, first in (("val", 1), ("test", 4)):
+        rows = [(i, f"{split}{i}.png") for i in range(first, first + 3)]
+        for _, name in rows:
+            save_image(root / split / name)
+        boxes = [(i, i, 1, [16, 12, 32, 24]) for i, _ in rows]
+        (root / f"annotations/{split}.json").write_text(json.dumps(coco_doc(rows, boxes)))
+    mapping = "data.coco.files={train: annotations/test.json, val: annotations/val.json}"
+    result, report, _ = prepare(tmp_path, root, mapping, data="coco_json")
+    assert result.split_mode == "source" and (result.images["train"], result.images["val"]) == (3, 3)
+    assert found(report, "orphan_label") == []
+    wrong = [
+        "data=coco_json",
+        f"data.path={root}",
+        mapping,
+        "data.coco.image_dir=val",
+        "classes.names=[cat,dog]",
+    ]
+    with pytest.raises(
+        DataError, match=r"test\.json: 3 of the 3 images it lists were not found in data\.coco"
+    ):
+        run(compose_config([*wrong, "sensor=rgb", f"paths.prepared={tmp_path}/p"]))
+
+
 def test_coco_json_with_renamed_keys_and_zero_based_ids_without_categories(tmp_path):
     root = tmp_path / "export"
     names = [f"f{i}.png" for i in range(6)]
