@@ -190,7 +190,7 @@ def stage_image(
         digest = hashlib.sha256(decoded.data).hexdigest()
     else:
         name, placed = stem + ".png", "converted"
-        digest = write_png(output, context.pool / name)
+        digest = write_png(stored_pixels(output, pixels), context.pool / name)
     size = (output.shape[1], output.shape[0])
     if placed != "converted" and decoded.orientation in (5, 6, 7, 8):
         size = size[::-1]  # a linked file keeps its EXIF rotation, which Ultralytics applies when reading
@@ -207,6 +207,12 @@ def linkable(entry: Entry, decoded: Decoded, decision: FrameDecision, channels: 
     wanted = ("L",) if channels == 1 else ("RGB", "L")
     intact = not (decision.reencode or decoded.repaired)
     return entry.image is not None and intact and decoded.image.mode in wanted
+
+
+def stored_pixels(output: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """What the PNG holds: grey stays one channel even for a 3-channel model (a third of the disk),
+    because Ultralytics' cv2.imread replicates it into the same three channels `output` holds."""
+    return output[..., 0] if source.ndim == 2 and output.ndim == 3 else output
 
 
 def source_pixels(decoded: Decoded, decision: FrameDecision) -> tuple[np.ndarray, bool]:

@@ -23,6 +23,7 @@ from pipeline.data.prepare import run
 from pipeline.data.split import split_groups
 from pipeline.data.validation import near_pairs
 from pipeline.data.write import failed_report_dir
+from pipeline.model.images import load_image
 
 BOX = "0 0.500000 0.500000 0.250000 0.250000"  # a clean box, as prepare writes it
 SIZE = (64, 48)  # (width, height) of generated images
@@ -131,10 +132,13 @@ def test_default_synthetic_thermal_is_prepared_fast_and_split_by_sequence(tmp_pa
     for image in out.glob("images/*/*.png"):
         splits_of_sequence.setdefault(image.stem.split("_")[0], set()).add(image.parent.name)
     assert len(splits_of_sequence) == 50 and all(len(s) == 1 for s in splits_of_sequence.values())
-    sample = Image.open(next(out.glob("images/train/*.png")))
-    assert sample.mode == "RGB" and sample.size == (160, 160)
+    path = next(out.glob("images/train/*.png"))
+    sample = Image.open(path)  # grey stays one channel on disk, a third of the bytes ...
+    assert sample.mode == "L" and sample.size == (160, 160)
+    as_trained = load_image(path, 3)  # ... and Ultralytics' cv2.imread gives the model three equal ones
+    assert as_trained.shape == (160, 160, 3) and (as_trained == as_trained[..., :1]).all()
     pixels = np.asarray(sample)
-    assert (pixels[..., 0] == pixels[..., 1]).all() and pixels.max() == 255 and pixels.min() == 0
+    assert pixels.max() == 255 and pixels.min() == 0
 
 
 def test_output_is_the_layout_ultralytics_reads(tmp_path):
@@ -902,9 +906,10 @@ def test_16_bit_frames_become_8_bit_grey_by_percentile_stretch_per_frame(tmp_pat
     frames = {"cold": ramp(20000, 21000, 1), "warm": ramp(30000, 31000, 2), "v": ramp(25000, 26000, 3)}
     source = thermal_tree(tmp_path / "src", frames, suffix)
     _, _, out = prepare(tmp_path, source, "sensor=thermal")
-    cold, warm = (np.asarray(Image.open(out / f"images/train/{s}.png")) for s in ("cold", "warm"))
+    cold, warm = (load_image(out / f"images/train/{s}.png", 3) for s in ("cold", "warm"))  # as trained
     assert cold.dtype == np.uint8 and cold.shape == (SIZE[1], SIZE[0], 3)
     assert (cold[..., 0] == cold[..., 2]).all() and cold.min() == 0 and cold.max() == 255
+    assert Image.open(out / "images/train/cold.png").mode == "L"  # stored as one grey channel
     assert abs(cold.mean() - warm.mean()) < 2  # each frame stretched on its own (like a camera's AGC)
     manifest = read_json(out / "manifest.json")
     assert manifest["placed"] == {"converted": 3} and manifest["normalize"]["frames"] == 3
