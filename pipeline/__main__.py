@@ -24,7 +24,7 @@ COMMANDS = {
     "select": ("pipeline.ops.select", "pick unlabelled frames to label next, with pre-annotations"),
     "scaling": ("pipeline.ops.scaling", "train on nested subsets; forecast images needed for a target mAP"),
     "retrain": ("pipeline.ops.retrain", "scheduled retraining with champion/challenger promotion"),
-    "audit": ("pipeline.evaluate.audit", "likely label errors on val/test, and a review page for fixes"),
+    "audit": ("pipeline.ops.audit_folds", "likely label errors (train: --folds K), a review page for fixes"),
     "rollback": ("pipeline.ops.retrain", "point the registry's champion alias back to the previous one"),
 }
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.boxes import iou_matrix
 from pipeline.core.io import write_text
-from pipeline.evaluate.audit import HIGH_CONFIDENCE, LOW_CONFIDENCE, Issue, audit, iou_matrix
-from pipeline.model.scoring import image_shape, label_path, read_labels
+from pipeline.core.layout import label_path
+from pipeline.evaluate.audit import HIGH_CONFIDENCE, LOW_CONFIDENCE, Issue, audit
+from pipeline.model.scoring import image_shape, read_labels
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "thermal_dogs_people"
 HELD_OUT = ("valid", "test")

@@ -24,7 +24,7 @@ from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from hydra_plugins.optuna_sweeper import _overlay, _space, _study, _tracking
+from hydra_plugins.optuna_sweeper import _lead, _overlay, _space, _study, _tracking
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,18 @@ class Outcome:
     value: float | None = None
     error: str | None = None
     job_dir: str | None = None
+    image_counts: dict | None = None  # per-image TP/FP/FN on the evaluation split (_lead)
 
 
 def interpret(returned: Any) -> Outcome:
-    """A job returns its objective, or a mapping {"value": ..., "pruned": bool} (pipeline.ops.sweep)."""
+    """A job returns its objective, or a mapping {"value": ..., "pruned": bool, "image_counts": ...}
+    (pipeline.ops.sweep)."""
     if isinstance(returned, Mapping) and returned.get("pruned"):
         return Outcome("PRUNED")
     value = returned.get("value") if isinstance(returned, Mapping) else returned
+    counts = returned.get(_lead.COUNTS_ATTR) if isinstance(returned, Mapping) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return Outcome("COMPLETE", float(value))
+        return Outcome("COMPLETE", float(value), image_counts=counts or None)
     return Outcome("FAIL", error=f"the job returned no finite objective value: {returned!r}")
 
 
@@ -162,7 +165,7 @@ class Worker:
                 log.error("trial %d failed: %s", number, error, exc_info=error)
                 return Outcome("FAIL", error=f"{type(error).__name__}: {error}", job_dir=job_dir)
             outcome = interpret(result.return_value)
-            return Outcome(outcome.state, outcome.value, outcome.error, job_dir)
+            return Outcome(outcome.state, outcome.value, outcome.error, job_dir, outcome.image_counts)
         except Exception as exc:  # composition or launcher failure (e.g. a SLURM job killed)
             log.error("trial %d could not run: %s", number, exc, exc_info=exc)
             return Outcome("FAIL", error=f"{type(exc).__name__}: {exc}")
@@ -174,6 +177,8 @@ class Worker:
             trial.set_user_attr("job_dir", outcome.job_dir)
         if outcome.error is not None:
             trial.set_user_attr("error", outcome.error[:5000])
+        if outcome.image_counts is not None:
+            trial.set_user_attr(_lead.COUNTS_ATTR, outcome.image_counts)
         with self.lock:
             if outcome.state == "COMPLETE":
                 frozen = self.study.tell(trial, outcome.value)
@@ -289,6 +294,10 @@ def summarise(ctx: Context, study, tracking: tuple[Any, str, str], failed: bool)
     client, _, parent_id = tracking
     discarded = _study.discarded_numbers(study)
     _tracking.mark_best(client, parent_id, study, ctx.settings.metric, discarded)
+    lead = _lead.best_lead(study, discarded)
+    if lead is not None:
+        _tracking.record_lead(client, parent_id, *lead)
+        log.info("%s", _lead.describe(*lead))
     skipped = _tracking.log_plots(client, parent_id, study)
     for name, reason in skipped.items():
         log.info("plot %s skipped: %s", name, reason)

@@ -146,6 +146,14 @@ def mark_best(
     client.log_metric(parent_id, f"best_{param_key(metric)}", float(best.value), step=len(study.trials))
 
 
+def record_lead(client: MlflowClient, parent_id: str, best: Any, runner_up: Any, interval: Any) -> None:
+    """The paired F1 interval of the best trial over the runner-up, on the parent run."""
+    client.set_tag(parent_id, "sweep.runner_up_trial", str(runner_up.number))
+    step = max(best.number, runner_up.number) + 1
+    for name in ("delta", "low", "high"):
+        client.log_metric(parent_id, f"best_lead_F1_{name}", float(getattr(interval, name)), step=step)
+
+
 # ---- plots ----------------------------------------------------------------------------------------
 
 

@@ -17,9 +17,9 @@ one page, and dvc.yaml's templated paths and the code can never disagree.
 
 The data-centric commands, outside `dvc repro`:
 
-    audit     -> audit/issues.json, index.html (the review page; it downloads corrections.json)
+    audit     -> audit/issues.json, index.html (the review page; it downloads corrections.json), folds/
     select    -> select/selection.json, label_studio.json, labels/ (pre-annotations)
-    scaling   -> scaling/forecast.json, report.md, scaling.png, subsets/
+    scaling   -> scaling/forecast.json, report.md, scaling.png, subsets/f<fraction>/
     sweep     -> each job's folder: params.yaml, outcome.json and the stage folders above
 """
 
@@ -228,7 +228,7 @@ class Artifacts:
 @dataclass(frozen=True)
 class PreparedDataset:
     """A dataset in the YOLO layout as prepare writes it: {paths.prepared}, its staging folder, or a
-    scaling subset."""
+    subset's view (SubsetFiles)."""
 
     folder: Path
 
@@ -325,6 +325,9 @@ class AuditFiles:
     def page(self) -> Path:
         return self.folder / "index.html"
 
+    def fold(self, fold: int) -> SubsetFiles:  # --folds K: its model trains on the other folds
+        return SubsetFiles(self.folder / "folds" / f"fold{fold}")
+
 
 @dataclass(frozen=True)
 class SelectFiles:
@@ -361,13 +364,20 @@ class ScalingFiles:
     def plot(self) -> Path:
         return self.folder / self.plot_name
 
-    def subset(self, fraction: float) -> Path:
+    def subset(self, fraction: float) -> SubsetFiles:
         """A nested training subset's own project folder (its prepared/ and its runs)."""
-        return self.folder / "subsets" / f"f{fraction:g}"
+        return SubsetFiles(self.folder / "subsets" / f"f{fraction:g}")
 
-    def subset_listing(self, fraction: float) -> Path:
-        """The subset's training images, one path a line (its data.yaml's `train:`)."""
-        return self.subset(fraction) / "train.txt"
+
+@dataclass(frozen=True)
+class SubsetFiles:
+    """A scaling subset or an audit fold: a project (prepared/, train/, report/) trained on `listing`."""
+
+    folder: Path
+
+    @property
+    def listing(self) -> Path:
+        return self.folder / "train.txt"
 
 
 @dataclass(frozen=True)

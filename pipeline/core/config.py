@@ -288,6 +288,21 @@ class ScalingConfig:
 
 
 @dataclass
+class AuditConfig:
+    """`python -m pipeline audit --split train --folds K`: the out-of-fold models (ops/audit_folds.py)."""
+
+    fold_epochs: int  # each fold's model: the same plan, trained this many epochs (scaled down)
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.fold_epochs, int) and self.fold_epochs >= 1,
+            "audit.fold_epochs",
+            self.fold_epochs,
+            "a whole number of epochs >= 1",
+        )
+
+
+@dataclass
 class PipelineConfig:
     data: DataConfig
     sensor: SensorConfig
@@ -304,6 +319,7 @@ class PipelineConfig:
     retrain: RetrainConfig
     select: SelectConfig
     scaling: ScalingConfig
+    audit: AuditConfig
 
 
 def validate(raw: DictConfig | dict, source: str = "config") -> PipelineConfig:

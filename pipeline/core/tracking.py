@@ -13,9 +13,10 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import Artifacts
+from pipeline.core.artifacts import BEST_WEIGHTS, Artifacts
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import MissingDependencyError
 from pipeline.core.io import read_json
@@ -49,6 +50,27 @@ def configure(cfg: PipelineConfig):
         os.environ["MLFLOW_TRACKING_URI"] = users_choice
     mlflow.set_experiment(cfg.track.experiment)
     return mlflow
+
+
+def download_checkpoint(artifact_uri: str, store: str, where: str, dst: Path | None = None) -> Path:
+    """A checkpoint behind an MLflow artifact URI (models:/, runs:/, a version's source): the file
+    itself, or the one best.pt (else the one .pt) of a folder, as the train stage logs them.
+    `where` names what asked for it, for the error."""
+    import mlflow.artifacts
+
+    folder = None if dst is None else str(dst)
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, tracking_uri=store, dst_path=folder)
+    )
+    if local.is_file():
+        return local
+    found = sorted(local.rglob(BEST_WEIGHTS)) or sorted(local.rglob("*.pt"))
+    if len(found) != 1:
+        raise MissingDependencyError(
+            f"{where}: expected one {BEST_WEIGHTS} (or one .pt) in {artifact_uri}, found "
+            f"{[str(p.relative_to(local)) for p in found]}; point the URI at the checkpoint"
+        )
+    return found[0]
 
 
 def read_run_id(cfg: PipelineConfig) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.artifacts import CORRECTIONS_FILE, CORRECTIONS_FORMAT
+from pipeline.core.boxes import iou_matrix
 from pipeline.core.errors import DataError
 from pipeline.core.io import read_json
 
@@ -34,17 +35,10 @@ def read_corrections(path: Path) -> dict[str, list[dict]]:
     return dict(by_image)
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    wh = np.clip(np.minimum(box[2:], boxes[:, 2:]) - np.maximum(box[:2], boxes[:, :2]), 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    area = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area - inter, 1e-12)
-
-
 def matching_row(boxes: np.ndarray, entry: dict, image: str) -> int:
     """The row (class, x0, y0, x1, y1) the correction names; an error when the labels have moved on."""
     same_class = boxes[:, 0] == entry["label_class"]
-    overlap = np.where(same_class, box_iou(np.asarray(entry["label_box"]), boxes[:, 1:5]), 0.0)
+    overlap = np.where(same_class, iou_matrix(entry["label_box"], boxes[:, 1:5])[0], 0.0)
     if not len(boxes) or overlap.max() < MATCH_IOU:
         raise DataError(
             f"{CORRECTIONS_FILE}: {entry['kind']} correction for {image}: no class-{entry['label_class']} "

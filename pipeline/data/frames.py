@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pipeline.core.config import PipelineConfig
 from pipeline.core.data_config import NormalizeConfig, ValidationConfig
 from pipeline.core.errors import DataError
+from pipeline.core.layout import label_path
 from pipeline.data.source import Entry, Source
 from pipeline.data.validation import (
     ClassResolver,
@@ -65,6 +66,7 @@ class Item:
     repaired: bool = (
         False  # a JPEG with bytes after its end marker, re-encoded (Ultralytics would rewrite it)
     )
+    label_link: Path | None = None  # the source's label file, already what prepare would write
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,30 @@ def stage_image(
     return Item(
         *(entry.key, name, split, group, check.boxes, size, *hashes, placed, deep, check.unmapped),
         repaired=decoded.repaired,
+        label_link=verbatim_label(entry, check.boxes),
     )
+
+
+def verbatim_label(entry: Entry, boxes: np.ndarray) -> Path | None:
+    """The source's YOLO label file when it already says what prepare would write: the output
+    links it like the image instead of rewriting it, so the source's bytes stay (full precision) and
+    cost no disk. Only plain ASCII lines of five numbers (no BOM, CR or polygon, which Ultralytics
+    would read differently) holding the same boxes in the same order."""
+    if entry.image is None or not (entry.label_file or "").endswith(".txt"):
+        return None
+    path = label_path(entry.image)
+    data = path.read_bytes()
+    lines = data.decode("ascii", errors="replace").strip().splitlines()
+    if not data.isascii() or b"\r" in data or any(len(line.split()) != 5 for line in lines):
+        return None
+    try:
+        rows = np.array([line.split() for line in lines], dtype=float).reshape(-1, 5)
+    except ValueError:  # a token that is not a number
+        return None
+    x0, y0, x1, y1 = boxes[:, 1:].T
+    written = np.stack([boxes[:, 0], (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=1)
+    same = rows.shape == written.shape and np.allclose(rows, written, rtol=0, atol=1e-9)
+    return path if same else None
 
 
 def linkable(entry: Entry, decoded: Decoded, decision: FrameDecision, channels: int) -> bool:

@@ -25,10 +25,8 @@ from tqdm import tqdm
 from pipeline.core.artifacts import PreparedDataset
 from pipeline.core.errors import DataError
 from pipeline.core.io import read_json
+from pipeline.core.layout import IMAGE_SUFFIXES, label_path
 
-IMAGE_SUFFIXES = frozenset(
-    {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
-)
 SPLIT_KEYS = ("train", "val", "test")
 LABEL_FIELDS = 5  # class cx cy w h
 READ_CHUNK = 1 << 16
@@ -87,12 +85,6 @@ def split_dir(root: Path, data: dict, key: str) -> Path | None:
     return folder
 
 
-def label_path(image: Path) -> str:
-    """Ultralytics' rule: the last `/images/` becomes `/labels/`, the suffix becomes `.txt`."""
-    images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    return labels.join(str(image).rsplit(images, 1)).rsplit(".", 1)[0] + ".txt"
-
-
 def list_images(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
 
@@ -103,7 +95,7 @@ def read_splits(root: Path, data: dict) -> list[Split]:
         folder = split_dir(root, data, key)
         if folder is not None:
             images = list_images(folder)
-            splits.append(Split(key, images, tuple(label_path(p) for p in images)))
+            splits.append(Split(key, images, tuple(str(label_path(p)) for p in images)))
     if not splits or splits[0].name != "train" or not splits[0].images:
         raise DataError(f"{PreparedDataset(root).data_yaml}: no training images (check its `train:` folder)")
     return splits

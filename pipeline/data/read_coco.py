@@ -9,8 +9,8 @@ from typing import Any
 
 from pipeline.core.data_config import CocoConfig, DataConfig
 from pipeline.core.errors import DataError
+from pipeline.core.layout import IMAGE_SUFFIXES
 from pipeline.data.source import (
-    IMAGE_SUFFIXES,
     SPLIT_ALIASES,
     Entry,
     LabelRecord,

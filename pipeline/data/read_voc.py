@@ -10,7 +10,8 @@ from xml.parsers import expat
 
 from pipeline.core.data_config import DataConfig, VocConfig
 from pipeline.core.errors import DataError
-from pipeline.data.source import IMAGE_SUFFIXES, Entry, LabelRecord, Source, orphan, relative, stated_size
+from pipeline.core.layout import IMAGE_SUFFIXES
+from pipeline.data.source import Entry, LabelRecord, Source, orphan, relative, stated_size
 from pipeline.data.validation import Finding
 
 

@@ -17,9 +17,10 @@ import yaml
 
 from pipeline.core.data_config import SPLITS, DataConfig
 from pipeline.core.errors import DataError
+from pipeline.core.layout import IMAGE_SUFFIXES, label_path
 from pipeline.data.read_coco import read_coco
 from pipeline.data.read_voc import read_voc
-from pipeline.data.source import IMAGE_SUFFIXES, SPLIT_ALIASES, Entry, LabelRecord, Source, orphan, relative
+from pipeline.data.source import SPLIT_ALIASES, Entry, LabelRecord, Source, orphan, relative
 from pipeline.data.synthetic import CLASSES, generate
 from pipeline.data.validation import Finding
 
@@ -189,15 +190,6 @@ def read_image_list(path: Path, base: Path, allow_outside: bool) -> list[Path]:
         for number, line in enumerate(lines, start=1)
         if line
     ]
-
-
-def label_path(image: Path) -> Path:
-    """Ultralytics' rule: the last /images/ becomes /labels/, the suffix .txt."""
-    parts = image.parts
-    if "images" in parts[:-1]:
-        at = len(parts) - 2 - parts[:-1][::-1].index("images")
-        return Path(*parts[:at], "labels", *parts[at + 1 :]).with_suffix(".txt")
-    return image.with_suffix(".txt")
 
 
 def yolo_entry(image: Path, base: Path, split: str | None) -> Entry:

@@ -12,7 +12,6 @@ import numpy as np
 
 from pipeline.data.validation import Finding
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.core.boxes import iou_matrix
 from pipeline.core.data_config import PolicyConfig, ValidationConfig
 
 if TYPE_CHECKING:
@@ -301,17 +302,6 @@ def drop_duplicate_boxes(
         if log.report(kind, file, second.line, message) != "warn":
             removed.add(int(j))
     return [item for index, item in enumerate(kept) if index not in removed]
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) x0 y0 x1 y1 boxes."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 # ---- images ------------------------------------------------------------------------------------

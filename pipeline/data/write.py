@@ -21,7 +21,7 @@ from pipeline.core.artifacts import PreparedDataset
 from pipeline.core.data_config import SPLITS, DataConfig
 from pipeline.core.errors import DataError
 from pipeline.core.io import recover_swap, swap_dir, write_json, write_text
-from pipeline.data.frames import POOL, Context, Item
+from pipeline.data.frames import POOL, Context, Item, place
 from pipeline.data.prepare_report import first_errors, policy_choices, render_markdown, report_payload
 from pipeline.data.validation import FindingLog
 
@@ -48,7 +48,7 @@ def finish(
 ) -> PrepareResult:
     cfg, log = context.cfg, context.log
     names = list(cfg.classes.names)
-    files = write_layout(stage, items)
+    files = write_layout(stage, items, cfg.data.link)
     data_yaml_hash = write_data_yaml(stage, items, names, cfg.sensor.channels)
     files.append((PreparedDataset(stage).data_yaml.name, data_yaml_hash))
     counts = count(items, names)
@@ -82,18 +82,29 @@ def failed_report_dir(out: Path) -> Path:
     return PreparedDataset(out).failed_report.folder
 
 
-def write_layout(stage: Path, items: list[Item]) -> list[tuple[str, str]]:
+def write_layout(stage: Path, items: list[Item], link: str) -> list[tuple[str, str]]:
+    """Images from the pool into their split; labels written, or linked where the source's file
+    already says the same (`Item.label_link`)."""
     files = []
     for item in sorted(items, key=lambda it: (SPLITS.index(it.split), it.name)):
         image, label = f"images/{item.split}/{item.name}", f"labels/{item.split}/{Path(item.name).stem}.txt"
         (stage / image).parent.mkdir(parents=True, exist_ok=True)
         (stage / label).parent.mkdir(parents=True, exist_ok=True)
         os.replace(stage / "images" / POOL / item.name, stage / image)
-        text = yolo_lines(item.boxes)
-        (stage / label).write_text(text, encoding="utf-8")
-        files += [(image, item.sha256), (label, hashlib.sha256(text.encode()).hexdigest())]
+        files += [(image, item.sha256), (label, place_label(item, stage / label, link))]
     shutil.rmtree(stage / "images" / POOL)  # what is left there was dropped
     return files
+
+
+def place_label(item: Item, target: Path, link: str) -> str:
+    """The label file's sha256, once it is in place."""
+    if item.label_link is not None:
+        place(item.label_link, target, link)
+        data = target.read_bytes()
+    else:
+        data = yolo_lines(item.boxes).encode()
+        target.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def yolo_lines(boxes: np.ndarray) -> str:
@@ -156,6 +167,7 @@ def build_manifest(
         for path, digest in sorted(files)
     ]
     placed = Counter(item.placed for item in items)
+    linked_labels = sum(item.label_link is not None for item in items)
     repaired = sorted(item.key for item in items if item.repaired)
     deep = sum(item.deep for item in items)
     normalize = (
@@ -171,6 +183,7 @@ def build_manifest(
         "channels": context.cfg.sensor.channels,
         **counts,
         "placed": dict(sorted(placed.items())),
+        "labels": {"linked": linked_labels, "written": len(items) - linked_labels},
         "repaired_jpegs": repaired,  # bytes after the end marker: re-encoded, the source left as it is
         "normalize": normalize,
         "files": listing,

@@ -12,6 +12,8 @@ which is weaker evidence than a confident prediction contradicting a label.
 
 Outputs in `reports/audit/`: issues.json (the ranked list) and index.html (the review page, whose
 accept/reject buttons save corrections.json for `prepare` to apply; see pipeline/data/corrections.py).
+The train split is audited by out-of-fold models (`--folds K`, pipeline/ops/audit_folds.py), which
+call `score` per fold and `write_outputs` on the merged ranking.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 
 from pipeline.core import tracking
 from pipeline.core.artifacts import CORRECTIONS_FILE, Artifacts, AuditFiles
+from pipeline.core.boxes import iou_matrix
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import load_params
 from pipeline.core.errors import ConfigError
@@ -35,7 +38,7 @@ from pipeline.evaluate.review_page import write_review_page
 from pipeline.model.images import load_image
 from pipeline.model.inference import PREDICT_CHUNK, Detections, open_runner, predict
 from pipeline.model.info import read_model_info, require_weights
-from pipeline.model.scoring import image_shape, read_split
+from pipeline.model.scoring import Sample, image_shape, read_split
 
 KINDS = ("overlooked", "swapped", "badly_located", "spurious")
 PREDICT_CONF = 0.01  # keep weak predictions: a spurious label is one that not even a weak box covers
@@ -65,6 +68,7 @@ class Issue:
     predicted_class: int | None  # None for a spurious label
     predicted_box: list[float] | None
     confidence: float | None
+    fold: int | None = None  # --folds K: the out-of-fold model that scored it (trained without its fold)
 
 
 # ---- cleanlab's formats ----------------------------------------------------------------------------
@@ -91,15 +95,6 @@ def cleanlab_predictions(detections: Sequence[Detections], num_classes: int) -> 
         ]
         for d in detections
     ]
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection over union of x1 y1 x2 y2 boxes."""
-    a, b = a.reshape(-1, 4)[:, None], b.reshape(-1, 4)[None]
-    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
 # ---- ranking ---------------------------------------------------------------------------------------
@@ -138,6 +133,11 @@ def find_issues(
     for i, (item, found) in enumerate(zip(labels, detections, strict=True)):
         scores = {kind: per_box[kind][i] for kind in per_box} | {"spurious": spurious_scores(item, found)}
         issues += image_issues(item, found, scores, float(image_quality[i]), max_score, low_confidence)
+    return rank(issues)
+
+
+def rank(issues: Sequence[Issue]) -> list[Issue]:
+    """Worst first, spurious labels last (see the module's docstring)."""
     return sorted(issues, key=lambda issue: (issue.kind == "spurious", issue.score))
 
 
@@ -225,6 +225,35 @@ def predict_split(weights: Path, images: Sequence[Path], threads: int) -> list[D
     return detections
 
 
+def score(
+    weights: Path,
+    samples: Sequence[Sample],
+    max_score: float = MAX_SCORE,
+    high_confidence: float = HIGH_CONFIDENCE,
+    low_confidence: float = LOW_CONFIDENCE,
+    threads: int = 1,
+) -> tuple[list[ImageLabels], list[Detections], list[Issue]]:
+    """One model's predictions on `samples` (images it did not train on) and the issues they reveal."""
+    names = read_model_info(require_weights(weights)).names
+    detections = predict_split(weights, [s.image for s in samples], threads)
+    labels = [pixel_labels(str(s.image), s.labels, *image_shape(s.image)) for s in samples]
+    issues = find_issues(labels, detections, len(names), max_score, high_confidence, low_confidence)
+    return labels, detections, issues
+
+
+def write_outputs(
+    out: Path,
+    issues: Sequence[Issue],
+    labels: Sequence[ImageLabels],
+    detections: Sequence[Detections],
+    names: Sequence[str],
+    note: str | None = None,
+) -> None:
+    """issues.json and the review page; `note` (where the scores come from) goes under its heading."""
+    write_json(AuditFiles(out).issues, [asdict(issue) for issue in issues])
+    write_review_page(out, issues, labels, detections, names, KINDS, note or "")
+
+
 def audit(
     prepared: Path,
     weights: Path,
@@ -237,16 +266,18 @@ def audit(
 ) -> list[Issue]:
     names = read_model_info(require_weights(weights)).names
     samples = read_split(prepared, split, needed_for="audit")
-    detections = predict_split(weights, [s.image for s in samples], threads)
-    labels = [pixel_labels(str(s.image), s.labels, *image_shape(s.image)) for s in samples]
-    issues = find_issues(labels, detections, len(names), max_score, high_confidence, low_confidence)
-    write_json(AuditFiles(out).issues, [asdict(issue) for issue in issues])
-    write_review_page(out, issues, labels, detections, names, KINDS)
+    labels, detections, issues = score(weights, samples, max_score, high_confidence, low_confidence, threads)
+    write_outputs(out, issues, labels, detections, names)
     return issues
 
 
 def counts(issues: Sequence[Issue]) -> dict[str, int]:
     return {kind: sum(issue.kind == kind for issue in issues) for kind in KINDS}
+
+
+def summary(split: str, issues: Sequence[Issue], out: Path, source: str = "") -> str:
+    found = ", ".join(f"{n} {kind}" for kind, n in counts(issues).items())
+    return f"{split}: {len(issues)} likely label issue(s) ({found}){source}; review {AuditFiles(out).page}"
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
@@ -261,7 +292,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
         "--split", choices=("val", "test", "train"), default="val", help="split to audit (default: val)"
     )
     p.add_argument(
-        "--folds", type=int, default=None, help="train split only: K out-of-fold models (not implemented yet)"
+        "--folds",
+        type=int,
+        default=None,
+        help="train split only: train K scaled-down out-of-fold models (audit.fold_epochs epochs each), "
+        "each scoring the fold it did not train on",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: paths.audit)")
     p.add_argument(
@@ -287,21 +322,32 @@ def parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def refuse_train(split: str, folds: int | None) -> None:
+def check_split(split: str, folds: int | None) -> None:
+    """The train split only with out-of-fold models, and those only for the train split."""
     if split == "train" and folds is None:
         raise ConfigError(
             "--split train: the model trained on these images, so its scores would not be honest; "
             "audit val or test, or pass --folds K for out-of-fold models"
         )
-    if folds is not None:
-        raise ConfigError(f"--folds {folds}: out-of-fold auditing of the train split is not implemented yet")
+    if folds is not None and split != "train":
+        raise ConfigError(
+            f"--folds {folds} with --split {split}: out-of-fold models are for the train split; the "
+            f"trained model never saw {split}, so drop --folds (or pass --split train)"
+        )
+    if folds is not None and folds < 2:
+        raise ConfigError(
+            f"--folds {folds}: out-of-fold auditing needs at least 2 folds (each model trains on the "
+            "others); pass --folds 2 or more, e.g. --folds 5"
+        )
 
 
 def main(argv: list[str], prog: str = "python -m pipeline audit", command: str = "audit") -> int:
     import mlflow
 
     args = parser(prog).parse_args(argv)
-    refuse_train(args.split, args.folds)
+    check_split(args.split, args.folds)
+    if args.folds is not None:  # this stage scores one trained model; ops trains the fold models
+        raise ConfigError(f"--folds {args.folds}: run `python -m pipeline audit` (pipeline.ops.audit_folds)")
     cfg = load_params(args.params)
     weights = Artifacts.of(cfg).best_weights
     out = args.out or Artifacts.of(cfg).audit.folder
@@ -315,10 +361,9 @@ def main(argv: list[str], prog: str = "python -m pipeline audit", command: str =
         args.low_confidence,
         os.cpu_count() or 1,
     )
-    found = counts(issues)
     with tracking.stage_run(cfg):
-        tracking.log_metrics(found | {"issues": len(issues)}, prefix=f"audit/{args.split}/")
-        mlflow.log_artifacts(str(out), artifact_path="audit")
-    summary = ", ".join(f"{n} {kind}" for kind, n in found.items())
-    print(f"{args.split}: {len(issues)} likely label issue(s) ({summary}); review {AuditFiles(out).page}")
+        tracking.log_metrics(counts(issues) | {"issues": len(issues)}, prefix=f"audit/{args.split}/")
+        for path in (AuditFiles(out).issues, AuditFiles(out).page):  # not folds/: the fold models' runs
+            mlflow.log_artifact(str(path), artifact_path="audit")
+    print(summary(args.split, issues, out))
     return 0

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.core.boxes import iou_matrix
+
 IOU_MATCH = 0.5
 TP, FP, FN = 0, 1, 2  # columns of a (images, 3) counts array
 
@@ -40,16 +42,6 @@ class Interval:
         return self.low >= margin
 
 
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each of `boxes` (N, 4)."""
-    top_left = np.maximum(box[:2], boxes[:, :2])
-    bottom_right = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / np.maximum(area + areas - inter, 1e-12)
-
-
 def image_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     """(TP, FP, FN) of one image. `predicted`: (P, 6) xyxy, confidence, class; `truth`: (G, 5)
     xyxy, class. Predictions below the deployment confidence must be filtered out beforehand."""
@@ -59,7 +51,7 @@ def image_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, in
         candidates = free & (truth[:, 4] == row[5]) if len(truth) else free
         if not candidates.any():
             continue
-        overlaps = np.where(candidates, iou(row[:4], truth[:, :4]), 0.0)
+        overlaps = np.where(candidates, iou_matrix(row[:4], truth[:, :4])[0], 0.0)
         best = int(np.argmax(overlaps))
         if overlaps[best] >= IOU_MATCH:
             free[best] = False

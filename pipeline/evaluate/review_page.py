@@ -100,21 +100,24 @@ def normalised_all(boxes: np.ndarray, width: int, height: int) -> list[list[floa
 def title(issue: Issue, names: Sequence[str]) -> str:
     label = None if issue.label_class is None else names[issue.label_class]
     predicted = None if issue.predicted_class is None else names[issue.predicted_class]
-    return {
+    text = {
         "overlooked": f"unlabelled {predicted} (confidence {issue.confidence})",
         "swapped": f"labelled {label}, looks like {predicted}",
         "badly_located": f"{label} box misplaced",
         "spurious": f"{label} label on nothing the model sees",
     }[issue.kind]
+    return text if issue.fold is None else f"{text}; fold {issue.fold} model"
 
 
-def render(cards: list[dict], names: Sequence[str], kinds: Sequence[str]) -> str:
+def render(cards: list[dict], names: Sequence[str], kinds: Sequence[str], note: str = "") -> str:
+    """The page; `note` (where the scores come from, e.g. out-of-fold models) under its heading."""
     options = lambda values: "".join(  # noqa: E731
         f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values
     )
     payload = json.dumps({"cards": cards, "file": CORRECTIONS_FILE, "format": CORRECTIONS_FORMAT})
     return (
-        TEMPLATE.replace("@CLASSES@", options(names))
+        TEMPLATE.replace("@NOTE@", f"<p><b>{html.escape(note)}</b></p>" if note else "")
+        .replace("@CLASSES@", options(names))
         .replace("@KINDS@", options(kinds))
         .replace("@DATA@", payload.replace("</", "<\\/"))
     )
@@ -127,8 +130,9 @@ def write_review_page(
     detections: Sequence[Detections],
     names: Sequence[str],
     kinds: Sequence[str],
+    note: str = "",
 ) -> Path:
-    page = render(card_data(issues, labels, detections, names), names, kinds)
+    page = render(card_data(issues, labels, detections, names), names, kinds, note)
     return write_text(AuditFiles(Path(out)).page, page)
 
 
@@ -145,6 +149,7 @@ body { font-family: sans-serif; margin: 1em; }
 .legend span { padding: 0 6px; }
 </style></head><body>
 <h1>Label audit</h1>
+@NOTE@
 <p class="legend"><span style="color:#0a0">&#9632; labels</span>
 <span style="color:#f80">&#9632; predictions</span>
 thick boxes: the suggestion. Lower score = more likely wrong.</p>

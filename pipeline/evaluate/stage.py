@@ -74,22 +74,24 @@ def predictions_by_image(predictions: list[dict[str, Any]], samples: list[Sample
 
 def confusion(
     grouped: list[list[dict]],
-    ground_truth: dict[str, Any],
+    labelled: list[list[dict]],
     names: tuple[str, ...],
     cuts: tuple[Threshold, ...],
 ) -> Any:
-    """Ultralytics' confusion matrix of the predictions kept by each class's threshold."""
+    """Ultralytics' confusion matrix of the predictions kept by each class's threshold.
+    `grouped` and `labelled`: predictions and ground truth per image, in the same order."""
     import torch
     from ultralytics.utils.metrics import ConfusionMatrix
 
     matrix = ConfusionMatrix(names=dict(enumerate(names)))
-    for found, labels in zip(grouped, truth_by_image(ground_truth, len(grouped)), strict=True):
+    for found, labels in zip(grouped, labelled, strict=True):
         kept = kept_predictions(found, cuts)
         matrix.process_batch(as_tensors(kept, "score", torch), as_tensors(labels, None, torch), conf=0.0)
     return matrix
 
 
 def truth_by_image(ground_truth: dict[str, Any], images: int) -> list[list[dict]]:
+    """The COCO ground truth's annotations per image (image ids are 1-based sample positions)."""
     truth: list[list[dict]] = [[] for _ in range(images)]
     for a in ground_truth["annotations"]:
         truth[a["image_id"] - 1].append(a)
@@ -102,10 +104,9 @@ def kept_predictions(found: list[dict], cuts: tuple[Threshold, ...]) -> list[dic
 
 
 def deployment_counts(
-    grouped: list[list[dict]], truth: dict[str, Any], cuts: tuple[Threshold, ...], samples: list[Sample]
+    grouped: list[list[dict]], labelled: list[list[dict]], cuts: tuple[Threshold, ...], samples: list[Sample]
 ) -> tuple[tuple[str, int, int, int], ...]:
     """Per image (name, TP, FP, FN) at the deployment thresholds, for paired comparisons."""
-    labelled = truth_by_image(truth, len(grouped))
     counts = []
     for sample, found, labels in zip(samples, grouped, labelled, strict=True):
         kept = kept_predictions(found, cuts)
@@ -170,7 +171,8 @@ def run(cfg: PipelineConfig) -> Evaluation:
     grouped = predictions_by_image(predictions, samples)
     truth = coco_ground_truth(samples, len(info.names))
     cuts = thresholds(metrics, info.names, cfg.evaluate.target_precision)
-    matrix = confusion(grouped, truth, info.names, cuts)
+    labelled = truth_by_image(truth, len(grouped))
+    matrix = confusion(grouped, labelled, info.names, cuts)
     draw_confusion(matrix, plots)
     evaluation = summarise(
         metrics, info, split, note, samples, coco_summary(truth, renumbered(grouped)), cuts
@@ -179,7 +181,7 @@ def run(cfg: PipelineConfig) -> Evaluation:
     evaluation = replace(
         evaluation, slices=tuple(slice_metrics(samples, grouped, attributes, len(info.names)))
     )
-    evaluation = replace(evaluation, image_counts=deployment_counts(grouped, truth, cuts, samples))
+    evaluation = replace(evaluation, image_counts=deployment_counts(grouped, labelled, cuts, samples))
     evaluation = with_warnings(evaluation, matrix.matrix, cfg.evaluate)
     draw_class_ap(evaluation, plots / AP_PER_CLASS_PLOT)
     return evaluation

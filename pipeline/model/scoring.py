@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipeline.core.artifacts import PreparedDataset
 from pipeline.core.errors import DataError
+from pipeline.core.layout import IMAGE_SUFFIXES, label_path
 from pipeline.core.prepared import read_data_yaml
 from pipeline.model.images import load_image
 from pipeline.model.inference import Detections, Runner, predict
@@ -28,7 +29,6 @@ from pipeline.model.info import ModelInfo
 MAP_CONF = 0.001
 MAP_IOU = 0.7
 SIZES = ("small", "medium", "large")
-IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,6 @@ def resolve_split(prepared: Path, wanted: str) -> tuple[str, str]:
     if wanted != "val" and split_images(prepared, "val"):
         return "val", f"the val split, because the dataset has no {wanted} split"
     raise DataError(f"{Path(prepared) / 'data.yaml'}: no images in the {wanted} or val split")
-
-
-def label_path(image: Path) -> Path:
-    """Ultralytics' convention: the last `images` folder in the path becomes `labels`, suffix .txt."""
-    parts = list(image.parts)
-    index = len(parts) - 1 - parts[::-1].index("images")
-    return Path(*parts[:index], "labels", *parts[index + 1 :]).with_suffix(".txt")
 
 
 def read_labels(path: Path) -> np.ndarray:

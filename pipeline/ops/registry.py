@@ -43,6 +43,7 @@ class Registry:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
         self.name = name
 
     def aliases(self) -> dict[str, str]:
@@ -117,14 +118,8 @@ class Registry:
 
     def download(self, version, target: Path) -> Path:
         """The version's weights as `target/<BEST_WEIGHTS>` (what the evaluate stage expects)."""
-        import mlflow.artifacts
-
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(target)))
-        if local.is_dir():
-            found = sorted(local.rglob(BEST_WEIGHTS)) or sorted(local.rglob("*.pt"))
-            if not found:
-                raise RetrainError(f"version {version.version} ({version.source}) holds no .pt weights")
-            local = found[0]
+        where = f"{self.name} version {version.version}"
+        local = tracking.download_checkpoint(version.source, self.tracking_uri, where, target)
         if local != target / BEST_WEIGHTS:
             local.replace(target / BEST_WEIGHTS)
         return target / BEST_WEIGHTS

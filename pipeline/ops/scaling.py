@@ -14,6 +14,7 @@ above the fitted ceiling, or an interval wider than the prediction itself.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +25,7 @@ import numpy as np
 import yaml
 
 from pipeline.core import tracking
-from pipeline.core.artifacts import Artifacts, PreparedDataset, ScalingFiles
+from pipeline.core.artifacts import Artifacts, PreparedDataset, ScalingFiles, SubsetFiles
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import DataError
@@ -147,25 +148,24 @@ def nested_subsets(images: Sequence[Path], fractions: Sequence[float], seed: int
     return {f: sorted(order[: max(1, round(f * len(order)))]) for f in sorted(set(fractions))}
 
 
-def subset_config(cfg: PipelineConfig, fraction: float, images: list[Path]) -> PipelineConfig:
-    """The same config with its own prepared view (data.yaml whose train is a list of the subset's
-    images; the labels stay beside the originals) and its own train outputs."""
-    root = Artifacts.of(cfg).scaling.subset(fraction)
-    prepared, subset = Artifacts.of(cfg).dataset, PreparedDataset(root / "prepared")
+def subset_config(cfg: PipelineConfig, images: list[Path], files: SubsetFiles, name: str) -> PipelineConfig:
+    """The same config with its own prepared view (data.yaml whose train is a list of `images`; the
+    labels stay beside the originals, the other splits are the dataset's) and its own train outputs
+    under `files`. `name` (a scaling subset, an audit fold) and the list's digest make the view's
+    dataset hash, so a training on other images never resumes this one."""
+    prepared, subset = Artifacts.of(cfg).dataset, PreparedDataset(files.folder / "prepared")
     data = read_data_yaml(prepared)
-    listing = write_text(
-        Artifacts.of(cfg).scaling.subset_listing(fraction), "".join(f"{p.resolve()}\n" for p in images)
-    )
+    lines = "".join(f"{p.resolve()}\n" for p in images)
+    listing = write_text(files.listing, lines)
     source = Path(data.get("path") or prepared.folder).resolve()
     data |= {"path": str(source), "train": str(listing.resolve())}
     write_text(subset.data_yaml, yaml.safe_dump(data, sort_keys=False))
     manifest = read_json(prepared.manifest)
-    subset_hash = (
-        f"{manifest['dataset_hash']}-scaling-{fraction:g}-{len(images)}"  # its own training identity
-    )
+    digest = hashlib.sha256(lines.encode()).hexdigest()[:8]
+    subset_hash = f"{manifest['dataset_hash']}-{name}-{len(images)}-{digest}"  # its own training identity
     write_json(subset.manifest, {**manifest, "dataset_hash": subset_hash})
-    paths = replace(cfg.paths, prepared=str(subset.folder), train=str(root / "train"))
-    return replace(cfg, paths=replace(paths, train_report=str(root / "report")))
+    paths = replace(cfg.paths, prepared=str(subset.folder), train=str(files.folder / "train"))
+    return replace(cfg, paths=replace(paths, train_report=str(files.folder / "report")))
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ class Point:
 def train_and_measure(cfg: PipelineConfig, fraction: float, images: list[Path], parent_id: str) -> Point:
     from mlflow import MlflowClient
 
-    sub = subset_config(cfg, fraction, images)
+    sub = subset_config(cfg, images, Artifacts.of(cfg).scaling.subset(fraction), f"scaling-{fraction:g}")
     result = train_stage.run(sub)
     MlflowClient(tracking.tracking_uri(cfg)).set_tag(result.run_id, "mlflow.parentRunId", parent_id)
     info = read_model_info(result.weights)

@@ -27,16 +27,18 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.core.artifacts import Artifacts
+from pipeline.core.boxes import iou_matrix
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import DataError
 from pipeline.core.io import write_json, write_text
+from pipeline.core.layout import IMAGE_SUFFIXES
 from pipeline.data.frames import phash
-from pipeline.data.validation import hash_bits, iou_matrix
+from pipeline.data.validation import hash_bits
 from pipeline.model.images import load_image
 from pipeline.model.inference import Detections, open_runner, predict
 from pipeline.model.info import ModelInfo, read_model_info, require_weights
-from pipeline.model.scoring import IMAGE_SUFFIXES, MAP_IOU
+from pipeline.model.scoring import MAP_IOU
 
 SAME_BOX_IOU = 0.5  # two boxes this close are one object (the class margin; the flip agreement)
 REASONS = {

@@ -20,6 +20,7 @@ test split would leak it into the choice, so it is never the objective.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -285,7 +286,7 @@ def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any) -> dict[
         if nesting is not None and not nesting.done:
             nesting.nest(Path(cfg.paths.train))
     pruned_epoch = link.frozen().user_attrs.get(job.PRUNED_EPOCH_ATTR) if link is not None else None
-    evaluation = evaluate(cfg) if pruned_epoch is None else {}
+    evaluation = evaluate(cfg) if pruned_epoch is None else None
     return {
         "value": result.metrics.get(metric),
         "metric": metric,
@@ -293,12 +294,26 @@ def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any) -> dict[
         "pruned_epoch": pruned_epoch,
         "epochs": result.epochs_completed,
         "metrics": result.metrics,
-        "evaluation": evaluation,
+        "evaluation": {} if evaluation is None else headline(evaluation),
+        # per image, for the sweeper's paired interval of the best trial against the runner-up
+        "image_counts": None if evaluation is None else paired_counts(evaluation),
         "run_id": result.run_id,
     }
 
 
-def evaluate(cfg: PipelineConfig) -> dict[str, float]:
+def headline(evaluation: results.Evaluation) -> dict[str, float]:
+    return {k: v for k, v in results.flat_metrics(evaluation).items() if "/" not in k}
+
+
+def paired_counts(evaluation: results.Evaluation) -> dict[str, Any]:
+    """Per-image (TP, FP, FN) in image order, and a hash of the names: only trials scored on the
+    same images are paired."""
+    names = "\n".join(name for name, *_ in evaluation.image_counts)
+    counts = [list(c) for _, *c in evaluation.image_counts]
+    return {"images": hashlib.sha256(names.encode()).hexdigest(), "counts": counts}
+
+
+def evaluate(cfg: PipelineConfig) -> results.Evaluation:
     """The evaluate stage's measurements, outputs and MLflow metrics for this trial.
 
     Not `pipeline.evaluate.stage.main`: that also registers the weights as the next `candidate` model
@@ -310,12 +325,11 @@ def evaluate(cfg: PipelineConfig) -> dict[str, float]:
     files = Artifacts.of(cfg)
     write_json(files.evaluation_metrics, results.metrics_json(e))
     write_json(files.thresholds, results.thresholds_json(e, cfg.evaluate.target_precision))
-    metrics = results.flat_metrics(e)
     with tracking.stage_run(cfg):
-        tracking.log_metrics(metrics, prefix="eval/")
+        tracking.log_metrics(results.flat_metrics(e), prefix="eval/")
         mlflow.set_tags({"eval.split": e.split, "eval.warnings": str(len(e.warnings))})
         mlflow.log_artifacts(str(files.evaluation), artifact_path="evaluate")
-    return {k: v for k, v in metrics.items() if "/" not in k}
+    return e
 
 
 def job_place() -> JobPlace:

@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.artifacts import BEST_WEIGHTS
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ConfigError
-from pipeline.core.tracking import tracking_uri
+from pipeline.core.tracking import download_checkpoint, tracking_uri
 from pipeline.model.info import file_sha256, read_model_info, require_weights
 
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -29,19 +28,7 @@ def resolve_teacher(cfg: PipelineConfig) -> Path | None:
         return None
     if not teacher.startswith(URI_SCHEMES):
         return require_weights(Path(teacher))
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=teacher, tracking_uri=tracking_uri(cfg)))
-    if local.is_file():
-        return local
-    # what the train stage logs; any single .pt in the artifact also does
-    found = sorted(local.rglob(BEST_WEIGHTS)) or sorted(local.rglob("*.pt"))
-    if len(found) != 1:
-        raise ConfigError(
-            f"train.distill.teacher={teacher!r}: expected one {BEST_WEIGHTS} (or one .pt) in the "
-            f"artifact, found {[str(p.relative_to(local)) for p in found]}; point the URI at the checkpoint"
-        )
-    return found[0]
+    return download_checkpoint(teacher, tracking_uri(cfg), f"train.distill.teacher={teacher!r}")
 
 
 def check_teacher(cfg: PipelineConfig, weights: Path) -> None:

@@ -92,9 +92,13 @@ def found(report: dict, kind: str) -> list[tuple[str, int | None]]:
 
 
 def label_lines(out: Path, stem: str) -> list[str] | None:
-    """The written label lines of an image, or None when the image is not in the output."""
+    """The boxes of an image's output label file as lines of fixed precision (the file may be the
+    source's own, linked, or written by prepare), or None when the image is not in the output."""
     hits = list(out.glob(f"labels/*/{stem}.txt"))
-    return hits[0].read_text().splitlines() if hits else None
+    if not hits:
+        return None
+    rows = (line.split() for line in hits[0].read_text().splitlines())
+    return [" ".join([cls, *(f"{float(v):.6f}" for v in values)]) for cls, *values in rows]
 
 
 def split_of(out: Path, stem: str) -> str | None:
@@ -185,6 +189,35 @@ def test_unconverted_images_are_hard_linked_and_the_source_is_untouched(tmp_path
     assert before == {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
     _, _, out = prepare(tmp_path, source, "data.link=copy")
     assert os.stat(out / "images/train/a.jpg").st_ino != os.stat(source / "images/train/a.jpg").st_ino
+
+
+def test_label_files_prepare_leaves_as_they_are_are_linked_the_others_written(tmp_path):
+    """A source label file that already holds what prepare would write is linked, with its own
+    digits (no disk, no rewrite); CRLF, a clipped box or a remapped class are written anew."""
+    exact = "0 0.6237980769230769 0.5 0.25 0.25\n"
+    files = {
+        "exact": exact,
+        "crlf": BOX + "\r\n",
+        "clipped": "0 0.5 0.5 0.25 1.005\n",
+        "dog": "1 0.5 0.5 0.2 0.2\n",
+    }
+    source = yolo_tree(tmp_path / "src", clean(**files), suffix=".jpg")
+    _, _, out = prepare(tmp_path, source)
+
+    def same_file(stem: str) -> bool:
+        return (out / f"labels/train/{stem}.txt").stat().st_ino == (
+            source / f"labels/train/{stem}.txt"
+        ).stat().st_ino
+
+    assert same_file("exact") and same_file("a") and same_file("dog")
+    assert (out / "labels/train/exact.txt").read_text() == exact
+    assert not same_file("crlf") and label_lines(out, "crlf") == [BOX]
+    assert not same_file("clipped") and label_lines(out, "clipped") == [
+        "0 0.500000 0.500000 0.250000 1.000000"
+    ]
+    assert read_json(out / "manifest.json")["labels"] == {"linked": 5, "written": 2}
+    _, _, out = prepare(tmp_path, source, classes="[dog,cat]")  # dog's id 1 becomes 0
+    assert not same_file("dog") and label_lines(out, "dog") == ["0 0.500000 0.500000 0.200000 0.200000"]
 
 
 def test_an_interrupted_run_leaves_the_previous_dataset_whole(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 from pipeline.core.artifacts import CORRECTIONS_FORMAT, AuditFiles
 from pipeline.core.errors import ConfigError
 from pipeline.data.corrections import apply_corrections, read_corrections
-from pipeline.evaluate.audit import KINDS, ImageLabels, Issue, find_issues, refuse_train
+from pipeline.evaluate.audit import KINDS, ImageLabels, Issue, check_split, find_issues
 from pipeline.evaluate.review_page import write_review_page
 from pipeline.model.inference import Detections
 
@@ -72,12 +72,27 @@ def test_each_planted_error_is_found_with_its_kind_at_the_top():
     assert (overlooked.label_index, overlooked.predicted_class, overlooked.predicted_box) == (None, 1, B)
 
 
-def test_train_split_is_refused_without_folds_and_folds_are_not_implemented():
+def test_train_split_needs_folds_and_folds_need_the_train_split():
     with pytest.raises(ConfigError, match="not be honest"):
-        refuse_train("train", None)
-    with pytest.raises(ConfigError, match="not implemented"):
-        refuse_train("train", 3)
-    refuse_train("val", None)
+        check_split("train", None)
+    with pytest.raises(ConfigError, match=r"--folds 3 with --split val: .* drop --folds"):
+        check_split("val", 3)
+    with pytest.raises(ConfigError, match=r"--folds 1: .* at least 2 folds .*; pass --folds 2 or more"):
+        check_split("train", 1)
+    check_split("val", None)
+    check_split("train", 2)
+
+
+def test_folds_outside_the_train_split_are_refused_by_the_command(project, tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    params = str(project.params(tmp_path))
+    assert main(["audit", "--params", params, "--split", "test", "--folds", "2"]) == 2
+    assert "--folds 2 with --split test" in capsys.readouterr().err
+    assert main(["audit", "--params", params, "--split", "train", "--folds", "0"]) == 2
+    assert "--folds 0: out-of-fold auditing needs at least 2 folds" in capsys.readouterr().err
+    assert main(["audit", "--params", params, "--split", "train"]) == 2
+    assert "pass --folds K for out-of-fold models" in capsys.readouterr().err
 
 
 def test_accepted_corrections_fix_the_labels_and_rejected_ones_do_not(tmp_path):

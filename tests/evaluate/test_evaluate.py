@@ -176,7 +176,8 @@ def test_confusion_matrix_counts_swaps_misses_and_false_detections_at_the_thresh
         },  # below animal's 0.5
     ]
     cuts = tuple(results.Threshold(n, 0.5, None, None, None, "test") for n in ("person", "animal"))
-    matrix = evaluate.confusion([predicted], truth, ("person", "animal"), cuts).matrix
+    labelled = evaluate.truth_by_image(truth, 1)
+    matrix = evaluate.confusion([predicted], labelled, ("person", "animal"), cuts).matrix
     assert matrix.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]  # [predicted, true], background last
 
 

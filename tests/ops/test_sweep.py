@@ -255,6 +255,9 @@ def test_optuna_sweep_prunes_fails_and_completes(optuna_sweep):
     assert job_dir == root / "multirun" / "tiny" / f"trial_{complete.number}"
     outcome = json.loads((job_dir / "outcome.json").read_text())
     assert math.isclose(outcome["value"], complete.value) and outcome["evaluation"]
+    counts = complete.user_attrs["image_counts"]  # per evaluation image, for the best trial's interval
+    assert counts == outcome["image_counts"] and counts["counts"]
+    assert all(len(row) == 3 and min(row) >= 0 for row in counts["counts"])
     assert (job_dir / "reports" / "evaluate" / "metrics.json").exists()
     assert (root / "prepared" / "manifest.json").exists()  # prepared once, shared by the jobs
 
@@ -270,6 +273,7 @@ def test_optuna_trials_are_nested_mlflow_runs_of_the_sweep(optuna_sweep):
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/optimization_history.png", "sweep/parallel_coordinate.png"} <= artifacts
     assert "needs 2 completed trials" in parent.data.tags["sweep.plot_skipped.param_importances"]
+    assert "sweep.runner_up_trial" not in parent.data.tags  # one completed trial: no lead to measure
     for trial in study.trials:
         run = runs[f"trial-{trial.number:04d}"]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id

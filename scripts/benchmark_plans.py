@@ -1,0 +1,241 @@
+"""Is the derived plan better than Ultralytics' defaults and the guide's own template, at equal budget?
+
+For each dataset, trains YOLO from scratch under each configuration, once per seed, at the same
+epochs, image size and batch, and scores the best checkpoint on the test split (val when there is
+none; the split is printed):
+
+- `defaults`: Ultralytics' own defaults for every value the plan derives (`optimizer=auto` too);
+- `template`: the guide's template for the dataset's sensor (section 12.1 thermal, 12.2 RGB);
+- `auto`: the project's derived plan, nothing overridden;
+- `no_<group>`: the auto plan with one group of rules set back to Ultralytics' defaults
+  (small-object augmentation, lr scaling, warmup, patience, close_mosaic).
+
+Prints mean and standard deviation of mAP50-95 over the seeds, how often early stopping fired, and
+for each configuration whether its difference from `auto` is larger than the seed noise (Welch's
+t-test, p < 0.05); writes plans.json and plans.png to --out.
+
+    PYTHONPATH=. .venv/bin/python scripts/benchmark_plans.py [--datasets thermal_dogs_people bccd
+        synthetic_thermal] [--configs defaults template auto ...] [--seeds 3] [--epochs 30]
+        [--imgsz 160] [--batch 16] [--out reports/plans]
+
+The real datasets need ../shared (conf/data points there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from scipy import stats
+
+from pipeline.core.compose import compose_config
+from pipeline.core.io import write_json
+from pipeline.data import analyze, prepare
+from pipeline.evaluate.stage import validate
+from pipeline.model.info import read_model_info
+from pipeline.model.scoring import resolve_split
+from pipeline.train import stage as train_stage
+
+DATASETS = {  # data=, classes=, sensor=
+    "thermal_dogs_people": ("thermal_dogs_people", "thermal_dogs_people", "thermal"),
+    "bccd": ("bccd", "bccd", "rgb"),
+    "synthetic_thermal": ("synthetic_thermal", "synthetic", "thermal"),
+}
+# Ultralytics 8.4's default.yaml for every value the plan derives.
+ULTRALYTICS = {
+    "lr0": 0.01,
+    "warmup_epochs": 3.0,
+    "patience": 100,
+    "close_mosaic": 10,
+    "hsv_h": 0.015,
+    "hsv_s": 0.7,
+    "hsv_v": 0.4,
+    "degrees": 0.0,
+    "translate": 0.1,
+    "scale": 0.5,
+    "mosaic": 1.0,
+    "mixup": 0.0,
+    "copy_paste": 0.0,
+    "cls_pw": 0.0,
+}
+TEMPLATES = {  # guide 12.1 (thermal wildlife) and 12.2 (RGB vehicles), the values a budget leaves
+    "thermal": {"lr0": 0.01, "warmup_epochs": 5, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.3, "degrees": 15.0}
+    | {"translate": 0.1, "scale": 0.5, "mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.2},
+    "rgb": {"lr0": 0.01, "warmup_epochs": 8, "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 10.0}
+    | {"translate": 0.15},
+}
+ABLATIONS = {
+    "no_small_objects": ("scale", "mosaic", "copy_paste"),
+    "no_lr_scaling": ("lr0",),
+    "no_warmup_rule": ("warmup_epochs",),
+    "no_patience_rule": ("patience",),
+    "no_close_mosaic_rule": ("close_mosaic",),
+}
+CONFIGS = ("defaults", "template", "auto", *ABLATIONS)
+
+
+def overrides_for(config: str, sensor: str) -> list[str]:
+    """Hydra overrides that turn the auto plan into `config`."""
+    if config == "auto":
+        return []
+    if config == "defaults":
+        values = ULTRALYTICS | {"optimizer": "auto", "cos_lr": False}
+    elif config == "template":
+        values = TEMPLATES[sensor]
+    else:
+        values = {key: ULTRALYTICS[key] for key in ABLATIONS[config]}
+    unsafe = sensor == "thermal" and (values.get("hsv_h") or values.get("hsv_s"))
+    return [f"train.{k}={v}" for k, v in values.items()] + ["train.allow_unsafe_augmentation=true"] * bool(
+        unsafe
+    )
+
+
+@dataclass(frozen=True)
+class Trial:
+    dataset: str
+    config: str
+    seed: int
+    split: str
+    map50_95: float
+    epochs_run: int
+    early_stop: bool
+
+
+def prepared_base(root: Path, dataset: str, budget: list[str]) -> list[str]:
+    """Prepare and analyze the dataset once; the overrides every trial on it shares."""
+    data, classes, sensor = DATASETS[dataset]
+    base = [
+        f"data={data}",
+        f"classes={classes}",
+        f"sensor={sensor}",
+        f"track.tracking_uri=sqlite:///{root}/mlflow.db",
+    ]
+    base += [f"paths.prepared={root / 'prepared'}", f"paths.analysis={root / 'analysis'}", *budget]
+    cfg = compose_config(base)
+    prepare.run(cfg)
+    analyze.run(cfg)
+    return base
+
+
+def train_one(root: Path, base: list[str], dataset: str, config: str, seed: int, epochs: int) -> Trial:
+    sensor = DATASETS[dataset][2]
+    folder = root / config / f"seed{seed}"
+    paths = [f"paths.train={folder / 'train'}", f"paths.train_report={folder / 'report'}"]
+    cfg = compose_config([*base, *overrides_for(config, sensor), f"seed={seed}", *paths])
+    result = train_stage.run(cfg)
+    info = read_model_info(result.weights)
+    split, _ = resolve_split(Path(cfg.paths.prepared), "test")
+    metrics = validate(cfg, result.weights, split, info, folder / "score")
+    ran = result.epochs_completed
+    return Trial(dataset, config, seed, split, float(metrics.box.map), ran, ran < epochs)
+
+
+def summary(trials: list[Trial]) -> list[dict]:
+    """Per dataset and configuration: mean, sd, early stops, and Welch's test against auto."""
+    rows = []
+    for dataset in dict.fromkeys(t.dataset for t in trials):
+        by_config: dict[str, list[Trial]] = {}
+        for trial in (t for t in trials if t.dataset == dataset):
+            by_config.setdefault(trial.config, []).append(trial)
+        auto = [t.map50_95 for t in by_config.get("auto", [])]
+        for config, group in by_config.items():
+            values = [t.map50_95 for t in group]
+            p = (
+                stats.ttest_ind(values, auto, equal_var=False).pvalue
+                if config != "auto" and len(auto) > 1
+                else None
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "config": config,
+                    "split": group[0].split,
+                    "mean": statistics.fmean(values),
+                    "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "seeds": len(values),
+                    "early_stops": sum(t.early_stop for t in group),
+                    "p_vs_auto": None if p is None or p != p else float(p),  # NaN: no variance at all
+                }
+            )
+    return rows
+
+
+def verdict(row: dict, auto_mean: float) -> str:
+    if row["config"] == "auto":
+        return "-"
+    if row["p_vs_auto"] is None:
+        return "no test (one seed, or no spread)"
+    side = "above" if row["mean"] > auto_mean else "below"
+    noise = "beyond the seed noise" if row["p_vs_auto"] < 0.05 else "within the seed noise"
+    return f"{side} auto, {noise} (p={row['p_vs_auto']:.2f})"
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| dataset | config | split | mAP50-95 mean +- sd | seeds | early stops | against auto |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        auto = next(r["mean"] for r in rows if r["dataset"] == row["dataset"] and r["config"] == "auto")
+        print(
+            f"| {row['dataset']} | {row['config']} | {row['split']} | {row['mean']:.4f} +- {row['sd']:.4f} "
+            f"| {row['seeds']} | {row['early_stops']} | {verdict(row, auto)} |"
+        )
+
+
+def draw(rows: list[dict], trials: list[Trial], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    figure, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets, strict=True):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        names = [r["config"] for r in mine]
+        axis.bar(names, [r["mean"] for r in mine], yerr=[r["sd"] for r in mine], color="#9ecae1", capsize=3)
+        for i, name in enumerate(names):
+            points = [t.map50_95 for t in trials if t.dataset == dataset and t.config == name]
+            axis.plot([i] * len(points), points, "k.", ms=4)
+        axis.set(title=dataset, ylabel=f"mAP50-95 ({mine[0]['split']})")
+        axis.tick_params(axis="x", rotation=45)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--seeds", type=int, default=3, help="trainings per configuration (seed 0..N-1)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--imgsz", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("reports/plans"))
+    args = parser.parse_args()
+    budget = [f"train.epochs={args.epochs}", f"train.imgsz={args.imgsz}", f"train.batch={args.batch}"]
+    trials: list[Trial] = []
+    for dataset in args.datasets:
+        with tempfile.TemporaryDirectory(prefix=f"plans-{dataset}-") as tmp:
+            base = prepared_base(Path(tmp), dataset, budget)
+            for config in args.configs:
+                for seed in range(args.seeds):
+                    trials.append(train_one(Path(tmp), base, dataset, config, seed, args.epochs))
+                    print(f"{dataset} {config} seed {seed}: mAP50-95 {trials[-1].map50_95:.4f}", flush=True)
+    rows = summary(trials)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        args.out / "plans.json", {"budget": budget, "rows": rows, "trials": [asdict(t) for t in trials]}
+    )
+    draw(rows, trials, args.out / "plans.png")
+    print_table(rows)
+    print(f"written: {args.out / 'plans.json'}, {args.out / 'plans.png'}")
+
+
+if __name__ == "__main__":
+    main()
