@@ -49,27 +49,30 @@ def copy_dataset(source: Path, root: Path) -> Path:
     return root
 
 
-def train(root: Path, epochs: int, imgsz: int) -> Path:
+def train(data_yaml: Path, runs: Path, name: str, epochs: int, imgsz: int, seed: int = 0) -> Path:
+    """YOLO11n from scratch with Ultralytics itself; returns its best checkpoint."""
     from pipeline.core.yolo import import_ultralytics
 
     import_ultralytics()
     from ultralytics import YOLO
 
     YOLO("yolo11n.yaml").train(
-        data=str(root / "data.yaml"),
+        data=str(data_yaml),
         epochs=epochs,
         imgsz=imgsz,
         batch=16,
         workers=0,
         device="cpu",
         pretrained=False,
-        project=str(root / "runs"),
-        name="clean",
+        seed=seed,
+        deterministic=True,
+        project=str(runs),
+        name=name,
         exist_ok=True,
         plots=False,
         verbose=False,
     )
-    return root / "runs" / "clean" / "weights" / "best.pt"
+    return runs / name / "weights" / "best.pt"
 
 
 def pixels(row: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -133,7 +136,7 @@ def main() -> None:
         root = copy_dataset(DATASET, (args.workdir or Path(scratch)) / "data")  # clean labels every run
         weights = root / "runs" / "clean" / "weights" / "best.pt"
         if not weights.exists():
-            train(root, args.epochs, args.imgsz)
+            train(root / "data.yaml", root / "runs", "clean", args.epochs, args.imgsz)
         for cache in (root / "labels").glob("*.cache"):
             cache.unlink()
         planted = plant(root, args.per_kind, args.seed)

@@ -8,7 +8,10 @@ thermal pipeline. The RGB variant draws the same scenes in colour on a textured 
 
 Frames come in sequences (`seq007_night_f03`): consecutive frames of one sequence share the scene and
 move objects a little, so a random split would leak; `prepare` splits by sequence. The middle of
-the name is the sequence's lighting (odd sequences are `night`), an attribute for evaluate.slices.
+the name is the sequence's lighting (odd sequences are `night`), an attribute for evaluate.slices,
+and the pixels show it: by day the sun warms the background towards the objects' temperature
+(solar loading: less thermal contrast); at night an RGB camera runs at high gain (a darker picture
+with more noise). So the default demo's per-slice metrics differ for a reason.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import numpy as np
 CLASSES = ("person", "animal", "vehicle")
 FRAMES_PER_SEQUENCE = 8
 EMPTY_FRAME_RATE = 0.08
-LIGHTING = ("day", "night")  # by sequence parity: in the file name only, for the per-slice demo
+LIGHTING = ("day", "night")  # by sequence parity: in the file name and in the pixels
+SOLAR_LOADING = 0.6  # thermal by day: object heat contrast x this
+NIGHT_GAIN = 0.35  # rgb at night: brightness x this ...
+NOISE_SD = {"day": 4.0, "night": 10.0}  # ... and the noise that high gain brings (0-255 levels)
 # (height, width) in pixels at a 160 px frame, before the per-object random scale
 CLASS_SHAPES = {0: (26.0, 10.0), 1: (14.0, 26.0), 2: (18.0, 34.0)}
 RGB_COLOURS = {0: (200, 60, 50), 1: (150, 100, 40), 2: (40, 80, 200)}
@@ -59,7 +65,7 @@ def generate(sensor: str, images: int, size: int, seed: int) -> Iterator[Synthet
             if produced == images:
                 return
             visible = [] if rng.random() < EMPTY_FRAME_RATE else _moved(objects, index, size)
-            image, boxes = _render(rng, sensor, scene, visible, size)
+            image, boxes = _render(rng, sensor, scene, visible, size, LIGHTING[seq % 2])
             yield SyntheticFrame(
                 f"seq{seq:03d}_{LIGHTING[seq % 2]}_f{index:02d}", f"seq{seq:03d}", image, boxes
             )
@@ -122,16 +128,22 @@ def _moved(objects: list[_Object], index: int, size: int) -> list[_Object]:
 
 
 def _render(
-    rng: np.random.Generator, sensor: str, scene: np.ndarray, objects: list[_Object], size: int
+    rng: np.random.Generator,
+    sensor: str,
+    scene: np.ndarray,
+    objects: list[_Object],
+    size: int,
+    lighting: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     canvas = scene.copy()
+    contrast = SOLAR_LOADING if sensor == "thermal" and lighting == "day" else 1.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     boxes = []
     for obj in objects:
         mask = _shape_mask(obj, xx, yy)
         if not mask.any():
             continue
-        _paint(canvas, mask, obj, sensor, xx, yy)
+        _paint(canvas, mask, obj, sensor, xx, yy, contrast)
         rows, cols = np.nonzero(mask)
         x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
         boxes.append(
@@ -141,7 +153,9 @@ def _render(
         noisy = canvas + rng.normal(0, 30, canvas.shape)  # temporal noise (NETD)
         image = np.clip(noisy, 0, 65535).astype(np.uint16)
     else:
-        image = np.clip(canvas + rng.normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
+        gain = NIGHT_GAIN if lighting == "night" else 1.0
+        noisy = canvas * gain + rng.normal(0, NOISE_SD[lighting], canvas.shape)
+        image = np.clip(noisy, 0, 255).astype(np.uint8)
     return image, np.asarray(boxes, dtype=np.float32).reshape(-1, 5)
 
 
@@ -153,13 +167,19 @@ def _shape_mask(obj: _Object, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
 
 
 def _paint(
-    canvas: np.ndarray, mask: np.ndarray, obj: _Object, sensor: str, xx: np.ndarray, yy: np.ndarray
+    canvas: np.ndarray,
+    mask: np.ndarray,
+    obj: _Object,
+    sensor: str,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    contrast: float,
 ) -> None:
     if sensor == "thermal":
-        canvas[mask] += obj.heat
+        canvas[mask] += obj.heat * contrast
         if obj.cls == 2:  # the engine runs hot at the front of the vehicle
             engine = mask & (xx > obj.cx + obj.w / 6)
-            canvas[engine] += obj.heat
+            canvas[engine] += obj.heat * contrast
         return
     canvas[mask] = RGB_COLOURS[obj.cls]
     if obj.cls == 2:
