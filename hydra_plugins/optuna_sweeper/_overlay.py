@@ -71,12 +71,18 @@ def write_overlay(
     groups: set[str],
     exclude: Sequence[str],
     best: Mapping[str, Any],
+    name: str | None = None,
+    title: str | None = None,
 ) -> Path:
-    """Write `<directory>/sweep_<study>.yaml` for the best trial (atomically)."""
-    name = overlay_name(study_name)
+    """Write `<directory>/sweep_<study>.yaml` for the best trial (atomically); `name` and `title`
+    replace the file's name and first header line (a multi-objective sweep's overlays, `_multi`)."""
+    name = name or overlay_name(study_name)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if title is None:
+        metric, value = best["metric"], best["value"]
+        title = f"Best trial {best['number']} of Optuna study '{study_name}': {metric} = {value:.5g}"
     header = [
-        f"Best trial {best['number']} of Optuna study '{study_name}': {best['metric']} = {best['value']:.5g}",
+        title,
         f"(written by the sweep, {stamp}; a later sweep of the same study rewrites it).",
         f"Reproduce: python -m pipeline compose +experiment={name} && dvc repro",
         f"       or: dvc exp run -S +experiment={name}",

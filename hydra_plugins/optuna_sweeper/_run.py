@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from hydra_plugins.optuna_sweeper import _lead, _overlay, _space, _study, _tracking
+from hydra_plugins.optuna_sweeper import _lead, _multi, _overlay, _space, _study, _tracking
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,26 @@ class Outcome:
     error: str | None = None
     job_dir: str | None = None
     image_counts: dict | None = None  # per-image TP/FP/FN on the evaluation split (_lead)
+    values: tuple[float, ...] | None = None  # a multi-objective trial's objectives, in order
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def interpret(returned: Any) -> Outcome:
     """A job returns its objective, or a mapping {"value": ..., "pruned": bool, "image_counts": ...}
-    (pipeline.ops.sweep)."""
+    (pipeline.ops.sweep); a multi-objective job's mapping has "values" (one per objective)."""
     if isinstance(returned, Mapping) and returned.get("pruned"):
         return Outcome("PRUNED")
+    if isinstance(returned, Mapping) and returned.get("values") is not None:
+        values = list(returned["values"])
+        if values and all(finite(v) for v in values):
+            return Outcome("COMPLETE", values=tuple(float(v) for v in values))
+        return Outcome("FAIL", error=f"the job returned objective values that are not all finite: {values!r}")
     value = returned.get("value") if isinstance(returned, Mapping) else returned
     counts = returned.get(_lead.COUNTS_ATTR) if isinstance(returned, Mapping) else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    if finite(value):
         return Outcome("COMPLETE", float(value), image_counts=counts or None)
     return Outcome("FAIL", error=f"the job returned no finite objective value: {returned!r}")
 
@@ -62,6 +72,7 @@ class Context:
     n_trials: int
     sweep_dir: Path
     storage_url: str
+    objectives: _multi.Objectives
 
 
 class Worker:
@@ -164,8 +175,7 @@ class Worker:
                 error = result._return_value  # JobReturn keeps the job's exception here
                 log.error("trial %d failed: %s", number, error, exc_info=error)
                 return Outcome("FAIL", error=f"{type(error).__name__}: {error}", job_dir=job_dir)
-            outcome = interpret(result.return_value)
-            return Outcome(outcome.state, outcome.value, outcome.error, job_dir, outcome.image_counts)
+            return replace(interpret(result.return_value), job_dir=job_dir)
         except Exception as exc:  # composition or launcher failure (e.g. a SLURM job killed)
             log.error("trial %d could not run: %s", number, exc, exc_info=exc)
             return Outcome("FAIL", error=f"{type(exc).__name__}: {exc}")
@@ -181,18 +191,21 @@ class Worker:
             trial.set_user_attr(_lead.COUNTS_ATTR, outcome.image_counts)
         with self.lock:
             if outcome.state == "COMPLETE":
-                frozen = self.study.tell(trial, outcome.value)
+                frozen = self.study.tell(trial, outcome.value if outcome.values is None else outcome.values)
             else:
                 frozen = self.study.tell(trial, state=TrialState[outcome.state])
-        _tracking.record_trial(self.client, self.exp_id, self.parent_id, frozen)
-        value = "-" if frozen.value is None else f"{frozen.value:.5g}"
+        metrics = self.ctx.objectives.metrics
+        _tracking.record_trial(self.client, self.exp_id, self.parent_id, frozen, metrics)
+        values = frozen.values or [None] * len(metrics)
+        shown = ", ".join(
+            f"{m} {'-' if v is None else f'{v:.5g}'}" for m, v in zip(metrics, values, strict=True)
+        )
         left = max(0, _study.budget_left(self.study, self.ctx.n_trials))
         log.info(
-            "trial %d %s, %s %s (%d of %d still to start)",
+            "trial %d %s, %s (%d of %d still to start)",
             frozen.number,
             frozen.state.name,
-            self.ctx.settings.metric,
-            value,
+            shown,
             left,
             self.ctx.n_trials,
         )
@@ -207,10 +220,12 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list[Any]:
     storage = _study.make_storage(ctx.storage_url, settings.heartbeat_interval, settings.grace_period)
     grid = _space.grid_space(ctx.space.distributions) if _study.is_grid(settings.sampler) else None
     sampler = _study.build_sampler(settings.sampler, settings.seed, grid)
+    obj = ctx.objectives
+    direction = list(obj.directions) if obj.multi else settings.direction
     study = _study.open_study(
-        storage, settings.study_name, settings.direction, sampler, _study.build_pruner(settings.pruner)
+        storage, settings.study_name, direction, sampler, _study.build_pruner(settings.pruner)
     )
-    _study.check_direction(study, settings.direction)
+    _study.check_direction(study, direction)
     _study.fail_stale(study)
     tracking = open_tracking(ctx)
     study.set_user_attr(_study.MLFLOW_PARENT_ATTR, tracking[2])
@@ -237,6 +252,7 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list[Any]:
 
 def resolve(sweeper: Any, arguments: Sequence[str]) -> Context:
     settings, config = sweeper.settings, sweeper.config
+    obj = _multi.objectives(settings)  # refuses a malformed multi-objective setting before anything runs
     cwd = Path(config.hydra.runtime.cwd)
     sweep_dir = (cwd / str(config.hydra.sweep.dir)).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +271,7 @@ def resolve(sweeper: Any, arguments: Sequence[str]) -> Context:
             log.info("the grid has %d points: n_trials %d capped at %d", size, n_trials, size)
         n_trials = min(n_trials, size)
     url = _study.storage_url(settings.storage, sweep_dir, cwd)
-    return Context(settings, config, sweeper.launcher, parser, space, n_trials, sweep_dir, url)
+    return Context(settings, config, sweeper.launcher, parser, space, n_trials, sweep_dir, url, obj)
 
 
 def open_tracking(ctx: Context) -> tuple[Any, str, str]:
@@ -276,8 +292,8 @@ def open_tracking(ctx: Context) -> tuple[Any, str, str]:
     description = {
         "study_name": settings.study_name,
         "storage": _study.redact(ctx.storage_url),
-        "direction": settings.direction,
-        "metric": settings.metric,
+        "direction": ",".join(ctx.objectives.directions),
+        "metric": ",".join(ctx.objectives.metrics),
         "n_trials": ctx.n_trials,
         "sampler": settings.sampler._target_,
         "pruner": settings.pruner._target_,
@@ -290,8 +306,15 @@ def open_tracking(ctx: Context) -> tuple[Any, str, str]:
 
 
 def summarise(ctx: Context, study, tracking: tuple[Any, str, str], failed: bool) -> None:
-    """Best trial marked, plots on the parent run, the best trial's overlay written."""
+    """Best trial marked, plots on the parent run, the best trial's overlay written (multi-objective:
+    the Pareto front, its overlays and the chosen trial's, see `_multi`)."""
     client, _, parent_id = tracking
+    if ctx.objectives.multi:
+        target = OmegaConf.select(ctx.config, "hardware.target_fps")
+        _multi.summarise(study, ctx.objectives, client, parent_id, target, lambda *a: write_overlay(ctx, *a))
+        _tracking.finish_parent(client, parent_id, failed)
+        log.info("study %r: %s", ctx.settings.study_name, _study.finished_summary(study))
+        return
     discarded = _study.discarded_numbers(study)
     _tracking.mark_best(client, parent_id, study, ctx.settings.metric, discarded)
     lead = _lead.best_lead(study, discarded)
@@ -339,6 +362,20 @@ def write_best_overlay(ctx: Context, study, discarded: set[int]) -> Path | None:
         path,
     )
     return path
+
+
+def write_overlay(ctx: Context, params: dict, name: str, title: str) -> Path | None:
+    """A multi-objective sweep's overlay of one trial, named and titled by `_multi`."""
+    directory = experiment_dir(ctx)
+    if directory is None:
+        log.warning("no file-based primary config directory: set hydra.sweeper.experiment_dir")
+        return None
+    lines = _space.trial_overrides(ctx.space.fixed, params)
+    groups = _overlay.config_groups(ctx.launcher.hydra_context.config_loader)
+    exclude = list(ctx.settings.experiment_exclude)
+    return _overlay.write_overlay(
+        directory, ctx.settings.study_name, lines, ctx.parser, groups, exclude, {}, name, title
+    )
 
 
 def experiment_dir(ctx: Context) -> Path | None:

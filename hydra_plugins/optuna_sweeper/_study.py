@@ -104,29 +104,38 @@ def with_schema_retries(create, attempts: int = 5):
     return create()
 
 
-def open_study(storage, name: str, direction: str, sampler, pruner) -> optuna.Study:
-    """Create the study or load it (another worker, or an earlier run of this command, made it)."""
+def open_study(storage, name: str, direction: str | list[str], sampler, pruner) -> optuna.Study:
+    """Create the study or load it (another worker, or an earlier run of this command, made it).
+    A list of directions makes a multi-objective study."""
     import optuna
 
+    directions = {"directions": list(direction)} if isinstance(direction, list) else {"direction": direction}
     return optuna.create_study(
         storage=storage,
         study_name=name,
-        direction=direction,
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
+        **directions,
     )
 
 
-def check_direction(study: optuna.Study, direction: str) -> None:
+def check_direction(study: optuna.Study, direction: str | list[str]) -> None:
     from hydra.errors import HydraException
 
-    stored = study.direction.name.lower()
-    if stored != direction:
+    stored = [d.name.lower() for d in study.directions]
+    if stored == (list(direction) if isinstance(direction, list) else [direction]):
+        return
+    if isinstance(direction, list) or len(stored) > 1:
+        key, value = ("directions", f"[{','.join(stored)}]") if len(stored) > 1 else ("direction", stored[0])
         raise HydraException(
-            f"study {study.study_name!r} exists with direction {stored}, not {direction}: "
-            f"set hydra.sweeper.direction={stored} or choose another hydra.sweeper.study_name"
+            f"study {study.study_name!r} exists with directions {stored}, not {direction}: "
+            f"set hydra.sweeper.{key}={value} (and its metrics) or choose another hydra.sweeper.study_name"
         )
+    raise HydraException(
+        f"study {study.study_name!r} exists with direction {stored[0]}, not {direction}: "
+        f"set hydra.sweeper.direction={stored[0]} or choose another hydra.sweeper.study_name"
+    )
 
 
 # ---- samplers and pruners -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -101,7 +101,13 @@ def finish_parent(client: MlflowClient, run_id: str, failed: bool) -> None:
 # ---- trial runs -----------------------------------------------------------------------------------
 
 
-def record_trial(client: MlflowClient, exp_id: str, parent_id: str, trial: optuna.trial.FrozenTrial) -> str:
+def record_trial(
+    client: MlflowClient,
+    exp_id: str,
+    parent_id: str,
+    trial: optuna.trial.FrozenTrial,
+    metrics: Sequence[str] = (),
+) -> str:
     """Tag the trial's run (its job made it) with the outcome, or make one for a trial whose job
     never reached MLflow (e.g. it failed while composing its configuration)."""
     run_id = trial.user_attrs.get(RUN_ATTR)
@@ -121,8 +127,13 @@ def record_trial(client: MlflowClient, exp_id: str, parent_id: str, trial: optun
     if "error" in trial.user_attrs:
         tags["sweep.error"] = str(trial.user_attrs["error"])[:5000]
     nest(client, run_id, parent_id, trial_name(trial.number), tags)
-    if trial.value is not None and math.isfinite(trial.value):
-        client.log_metric(run_id, "sweep/objective", trial.value)
+    values = trial.values or []
+    if len(values) == 1 and math.isfinite(values[0]):
+        client.log_metric(run_id, "sweep/objective", values[0])
+    elif len(values) > 1:  # multi-objective: one metric per objective, by its name
+        for name, value in zip(metrics, values, strict=True):
+            if math.isfinite(value):
+                client.log_metric(run_id, f"sweep/{param_key(name)}", value)
     return run_id
 
 

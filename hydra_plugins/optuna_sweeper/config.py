@@ -8,6 +8,9 @@ it is in `sys.modules`, where dataclasses cannot resolve string annotations.
 nodes: the sweeper builds the sampler (it adds the seed and, for the grid sampler, the search
 space), and each job builds the same pruner from the same node to decide, epoch by epoch,
 whether its trial goes on.
+
+A multi-objective sweep sets `directions` and `metrics` (two each: a validation metric and
+`latency_ms`, see `_multi`), with `hydra/sweeper/sampler=nsgaii` and `hydra/sweeper/pruner=none`.
 """
 
 from dataclasses import dataclass, field
@@ -54,6 +57,17 @@ class GridSamplerConf:
     """Every combination of the (discrete) search space once; `n_trials` is capped at its size."""
 
     _target_: str = "optuna.samplers.GridSampler"
+
+
+@dataclass
+class NSGAIISamplerConf:
+    """NSGA-II for multi-objective studies; the first `population_size` trials are sampled at random."""
+
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
 
 
 @dataclass
@@ -115,6 +129,17 @@ class MlflowConf:
 
 
 @dataclass
+class LatencyConf:
+    """How each job of a sweep with the objective `latency_ms` measures it: best.pt exported by the
+    export stage to `format`, timed by the benchmark stage (batch 1, end to end) on this machine's CPU."""
+
+    format: str = "onnx"  # onnx (ONNX Runtime) or openvino (OpenVINO)
+    warmup: int = 2
+    runs: int = 10
+    threads: int | None = None  # null: benchmark.threads
+
+
+@dataclass
 class OptunaSweeperConf:
     _target_: str = SWEEPER_TARGET
     _recursive_: bool = False  # sampler and pruner stay configs: the sweeper and each job build them
@@ -125,6 +150,11 @@ class OptunaSweeperConf:
     storage: str | None = None  # null: sqlite:///<hydra.sweep.dir>/optuna.db
     direction: str = "maximize"
     metric: str = "mAP50-95"  # what each job reports per epoch and returns (validation split)
+    # multi-objective (both set; then direction and metric are not used): e.g. [maximize, minimize]
+    # and [mAP50-95, latency_ms]; needs pruner none, e.g. with hydra/sweeper/sampler=nsgaii
+    directions: list[str] | None = None
+    metrics: list[str] | None = None
+    latency: LatencyConf = field(default_factory=LatencyConf)
     n_trials: int = 20  # total for the study: a rerun resumes and stops there
     n_jobs: int = 1  # trials in flight at once (through the configured launcher)
     seed: int | None = None  # sampler seed; give each worker of a shared study its own (or none)
@@ -143,6 +173,7 @@ SAMPLERS = {
     "cmaes": CmaEsSamplerConf,
     "qmc": QMCSamplerConf,
     "grid": GridSamplerConf,
+    "nsgaii": NSGAIISamplerConf,
 }
 PRUNERS = {
     "median": MedianPrunerConf,

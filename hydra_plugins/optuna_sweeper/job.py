@@ -31,6 +31,12 @@ class TrialLink:
     number: int
     pruner: dict = field(default_factory=dict)  # the sweeper's pruner node, as a plain dict
     metric: str = "mAP50-95"
+    metrics: tuple[str, ...] = ()  # a multi-objective sweep's objectives, in order (empty: `metric` only)
+    latency: dict = field(default_factory=dict)  # the sweeper's `latency` node: how latency_ms is measured
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
 
     def open(self) -> Any:
         """The trial as an `optuna.Trial` in this process (to report to and ask the pruner)."""
@@ -72,4 +78,6 @@ def current_trial() -> TrialLink | None:
         number=int(hydra_cfg.job.num),
         pruner=OmegaConf.to_container(sweeper.pruner, resolve=True),
         metric=sweeper.metric,
+        metrics=tuple(sweeper.get("metrics") or ()),
+        latency=OmegaConf.to_container(sweeper.latency, resolve=True) if "latency" in sweeper else {},
     )

@@ -12,8 +12,8 @@ one page, and dvc.yaml's templated paths and the code can never disagree.
     evaluate  -> evaluation/metrics.json (DVC metrics), details.json, thresholds.json, report.md, plots/
     export    -> export/models/model.<format> (+ .json metadata), export/parity.json (DVC metrics)
     benchmark -> benchmark/benchmark.json (DVC metrics), details.json, benchmark.md, latency_vs_accuracy.png
-    deploy    -> export/tensorrt/engines/model.<precision>.engine (+ .json), export/tensorrt/parity.json,
-                 benchmark.json, benchmark.md; export/tensorrt_calibration/ (INT8 caches)
+    deploy    -> export/tensorrt/engines/model.<precision>.engine (+ .json; + .precision.json: a plan),
+                 export/tensorrt/{parity,benchmark}.json, benchmark.md; export/tensorrt_calibration/
 
 The data-centric commands, outside `dvc repro`:
 
@@ -395,6 +395,6 @@ class SweepJob:
         return self.folder / "outcome.json"
 
 
-def metadata_path(model: Path) -> Path:
-    """The JSON written beside every exported model or engine."""
-    return model.with_name(model.name + ".json")
+def metadata_path(model: Path, kind: str = "") -> Path:
+    """The JSON written beside every exported model or engine (`kind="precision"`: an engine's plan)."""
+    return model.with_name(model.name + (f".{kind}" if kind else "") + ".json")

@@ -193,7 +193,14 @@ class VocConfig:
     annotations: str
     images: str
     image_sets: str
+    # split -> list file under image_sets, e.g. {train: test.txt, val: val.txt}; null: {split}.txt.
+    # Null rather than {}, so that Hydra replaces it (as data.coco.files)
+    lists: dict[str, str] | None
     one_based: bool  # VOC pixel indices start at 1 (Ultralytics' VOC conversion subtracts 1)
+
+    def __post_init__(self) -> None:
+        for split in self.lists or {}:
+            require(split in SPLITS, f"data.voc.lists.{split}", split, f"splits are {SPLITS}")
 
 
 FORMAT_SECTIONS = {"synthetic": "synthetic", "coco": "coco", "voc": "voc"}

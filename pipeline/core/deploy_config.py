@@ -9,6 +9,7 @@ from pipeline.core.config_checks import PRECISIONS, require
 
 EXPORT_FORMATS = ("onnx", "torchscript", "openvino", "openvino-int8")
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+INT8_PRESETS = ("mixed", "performance")  # NNCF: asymmetric activations (mixed) or all symmetric
 
 
 @dataclass
@@ -43,6 +44,26 @@ class TensorRTConfig:
 
 
 @dataclass
+class Int8Config:
+    """openvino-int8: NNCF post-training quantization, optionally with accuracy control on val mAP."""
+
+    preset: str
+    accuracy_control: bool  # nncf.quantize_with_accuracy_control, max_drop = export.max_map_drop_int8
+    validation_images: int  # val images its validation function scores (mAP50-95)
+    max_reverted_layers: int  # NNCF's max_num_iterations: layers it may revert to float, one per step
+
+    def __post_init__(self) -> None:
+        require(self.preset in INT8_PRESETS, "export.int8.preset", self.preset, f"one of {INT8_PRESETS}")
+        require(self.validation_images >= 1, "export.int8.validation_images", self.validation_images, ">= 1")
+        require(
+            self.max_reverted_layers >= 0,
+            "export.int8.max_reverted_layers",
+            self.max_reverted_layers,
+            "0 or more layers",
+        )
+
+
+@dataclass
 class ExportConfig:
     formats: list[str]
     opset: int
@@ -52,6 +73,7 @@ class ExportConfig:
     max_abs_diff: float
     max_map_drop: float
     max_map_drop_int8: float  # openvino-int8: raw outputs differ by design, so only mAP is bounded
+    int8: Int8Config
     tensorrt: TensorRTConfig
 
     def __post_init__(self) -> None:

@@ -25,7 +25,8 @@ def read_voc(data: DataConfig, root: Path, target_names: list[str]) -> Source:
                 f"(or set data.voc.{key})"
             )
     images = {p.stem: p for p in sorted(image_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
-    lists = read_image_sets(root / spec.image_sets)
+    lists = read_image_sets(root / spec.image_sets, spec.lists)
+    usable = {"train", "val"} <= set(lists)  # otherwise re-split by group; the summary says why
     split_by_stem = {stem: split for split, rows in lists.items() for stem, _ in rows}
     entries, orphans, used = [], [], set()
     for xml in sorted(annotations.rglob("*.xml")):
@@ -35,16 +36,16 @@ def read_voc(data: DataConfig, root: Path, target_names: list[str]) -> Source:
             continue
         used.add(entry.image)
         split = split_by_stem.get(xml.stem)
-        entries.append(replace(entry, split=split, listed=split is not None or not lists))
+        entries.append(replace(entry, split=split, listed=split is not None or not usable))
     for stem, image in images.items():
         if image not in used:
             split = split_by_stem.get(stem)
-            listed = split is not None or not lists
+            listed = split is not None or not usable
             entries.append(Entry(relative(image, root), stem, image, None, (), split, listed=listed))
     orphans += list_orphans(lists, root / spec.image_sets, {e.stem for e in entries}, root)
     entries, convention = checked_convention(entries, spec, data.validation.policy.zero_based_voc)
     orphans += convention
-    return Source(lambda: iter(entries), len(entries), None, bool(lists), tuple(orphans), root)
+    return Source(lambda: iter(entries), len(entries), None, usable, tuple(orphans), root)
 
 
 def checked_convention(
@@ -75,15 +76,24 @@ def starts_at_zero(record: LabelRecord) -> bool:
         return False  # not numbers: validation reports the line
 
 
-def read_image_sets(folder: Path) -> dict[str, list[tuple[str, int]]]:
-    """train/val/test.txt (first column of each line); splits are used only with train and val."""
+def read_image_sets(folder: Path, named: dict[str, str] | None) -> dict[str, list[tuple[str, int]]]:
+    """The split lists (first column of each line): `named` (data.voc.lists, split -> file), else
+    train/val/test.txt; the caller uses them only when train and val are among them."""
+    files = named or {split: f"{split}.txt" for split in ("train", "val", "test")}
+    missing = [f"{split}: {name}" for split, name in (named or {}).items() if not (folder / name).is_file()]
+    if missing:
+        found = sorted(p.name for p in folder.glob("*.txt")) if folder.is_dir() else []
+        raise DataError(
+            f"data.voc.lists names {', '.join(missing)}, not found in {folder} (it holds "
+            f"{found or 'no .txt'}); name files that exist there, or set data.voc.image_sets"
+        )
     lists = {}
-    for split in ("train", "val", "test"):
-        path = folder / f"{split}.txt"
+    for split, name in files.items():
+        path = folder / name
         if path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines()  # splitlines drops \r of CRLF files
             lists[split] = [(line.split()[0], n) for n, line in enumerate(lines, 1) if line.strip()]
-    return lists if {"train", "val"} <= set(lists) else {}
+    return lists
 
 
 def voc_entry(xml: Path, root: Path, images: dict[str, Path], spec: VocConfig) -> Entry:

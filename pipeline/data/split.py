@@ -21,7 +21,8 @@ from pipeline.data.validation import (
 
 SPLIT_MAPPING_HINT = (
     "To train on the source's own splits, name them: COCO data.coco.files={train: a.json, val: b.json}; "
-    "VOC ImageSets/Main/{train,val}.txt; YOLO data.yaml train:/val:"
+    "VOC data.voc.lists={train: test.txt, val: val.txt} (default {train,val}.txt); "
+    "YOLO data.yaml train:/val:"
 )
 
 

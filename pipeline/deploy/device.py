@@ -10,7 +10,9 @@ For each precision in `export.tensorrt.precisions` (fp16, int8 by default) it bu
 TensorRT's Python API (INT8 through an entropy calibrator fed from the train split, with a cache
 keyed by the calibration images, the TensorRT version and the ONNX), writes its metadata beside it,
 checks mAP50-95 against the ONNX on validation images within `export.tensorrt.max_map_drop`, and
-benchmarks the engines beside the ONNX with the benchmark stage's code.
+benchmarks the engines beside the ONNX with the benchmark stage's code. An INT8 engine that fails its
+bound is rebuilt once with the detection head pinned to FP16 (pipeline.deploy.trt_fallback), its
+precision plan written beside it, and checked again with the same bound.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import MissingDependencyError, PipelineError
 from pipeline.core.io import atomic_path, read_json, write_json
 from pipeline.deploy import benchmark as bench
+from pipeline.deploy import trt_fallback as fallback
 from pipeline.model import tensorrt as trt
 from pipeline.model.inference import open_runner
 from pipeline.model.info import ModelInfo
@@ -83,10 +86,16 @@ def profile(cfg: PipelineConfig, source: OnnxSource, precision: str) -> trt.Prof
     )
 
 
-def command(cfg: PipelineConfig, source: OnnxSource, precision: str, cache: Path | None) -> str:
+def command(
+    cfg: PipelineConfig,
+    source: OnnxSource,
+    precision: str,
+    cache: Path | None,
+    plan: fallback.PrecisionPlan | None = None,
+) -> str:
     engine, workspace = Artifacts.of(cfg).engine(precision), cfg.export.tensorrt.workspace_gb
-    shapes = profile(cfg, source, precision)
-    return shlex.join(trt.trtexec_command(source.path, engine, precision, workspace, shapes, cache))
+    shapes, pinned = profile(cfg, source, precision), plan.layer_precisions if plan else None
+    return shlex.join(trt.trtexec_command(source.path, engine, precision, workspace, shapes, cache, pinned))
 
 
 def commands(cfg: PipelineConfig, source: OnnxSource) -> list[str]:
@@ -177,12 +186,33 @@ def calibrator(cfg: PipelineConfig, source: OnnxSource, device: trt.DeviceInfo) 
     return instance, {**facts, "cache": str(cache.path)}
 
 
-def build(cfg: PipelineConfig, precision: str, source: OnnxSource, device: trt.DeviceInfo) -> Path:
+def precision_plan_path(engine: Path) -> Path:
+    return metadata_path(engine, "precision")
+
+
+def write_plan(engine: Path, plan: fallback.PrecisionPlan, trtexec: str) -> Path:
+    """The plan beside the engine: pinned layers and why, the builder's arguments, the trtexec line."""
+    return write_json(precision_plan_path(engine), {**plan.as_dict(), "command": trtexec})
+
+
+def build(
+    cfg: PipelineConfig,
+    precision: str,
+    source: OnnxSource,
+    device: trt.DeviceInfo,
+    plan: fallback.PrecisionPlan | None = None,
+) -> Path:
     calib, facts = calibrator(cfg, source, device) if precision == "int8" else (None, None)
     engine = Artifacts.of(cfg).engine(precision)
-    print(f"building {engine}: {command(cfg, source, precision, Path(facts['cache']) if facts else None)}")
-    shapes = profile(cfg, source, precision)
-    data = trt.build_engine(source.path, precision, cfg.export.tensorrt.workspace_gb, shapes, calib)
+    line = command(cfg, source, precision, Path(facts["cache"]) if facts else None, plan)
+    print(f"building {engine}: {line}")
+    if plan is None:
+        precision_plan_path(engine).unlink(missing_ok=True)  # an earlier build's plan no longer applies
+    else:
+        write_plan(engine, plan, line)
+    shapes, pinned = profile(cfg, source, precision), plan.layer_precisions if plan else None
+    workspace = cfg.export.tensorrt.workspace_gb
+    data = trt.build_engine(source.path, precision, workspace, shapes, calib, pinned)
     with atomic_path(engine) as tmp:
         tmp.write_bytes(data)
     trt.write_metadata(engine, engine_metadata(precision, source, device, facts, class_thresholds(cfg)))
@@ -207,8 +237,15 @@ def run(cfg: PipelineConfig) -> DeployResult:
     engines, results = {}, []
     for precision in cfg.export.tensorrt.precisions:
         engines[precision] = build(cfg, precision, source, device)
-        candidate = trt.TensorRTRunner(engines[precision])
-        results.append(check(reference, candidate, samples, images, info, tolerance(cfg, precision)))
+        bound = tolerance(cfg, precision)
+        result = check(reference, trt.TensorRTRunner(engines[precision]), samples, images, info, bound)
+        if fallback.needs_fallback(precision, result):
+            plan = fallback.precision_plan(source.path, trt.OUTPUT, result)
+            pinned = len(plan.layers)
+            print(f"{result.name} failed parity ({result.failure}): rebuilding, {pinned} layers at FP16")
+            engines[precision] = build(cfg, precision, source, device, plan)
+            result = check(reference, trt.TensorRTRunner(engines[precision]), samples, images, info, bound)
+        results.append(result)
     return DeployResult(engines, tuple(results))
 
 

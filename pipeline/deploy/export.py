@@ -11,6 +11,7 @@ and the on-device deploy stage read instead of reopening the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from pipeline.core.faults import kill_if_armed
 from pipeline.core.io import swap_dir, write_json
 from pipeline.core.lineage import package_versions
 from pipeline.core.yolo import import_ultralytics
-from pipeline.deploy.int8 import calibration_images, quantize
+from pipeline.deploy.int8 import accuracy_control, calibration_images, quantize
 from pipeline.model import parity as parity_check
 from pipeline.model.inference import FORMAT_SUFFIXES, Runner, open_runner
 from pipeline.model.info import ModelInfo, file_sha256, read_model_info, require_weights
@@ -78,7 +79,8 @@ def export_arguments(cfg: PipelineConfig, fmt: str, info: ModelInfo) -> dict[str
 def tolerance(cfg: PipelineConfig, fmt: str) -> Tolerance:
     if fmt == INT8:  # quantized outputs differ from PyTorch's by design: only the accuracy is bounded
         drop = cfg.export.max_map_drop_int8
-        return Tolerance(None, drop, source=f"export.max_map_drop_int8={drop}")
+        controlled = ", also accuracy control's max_drop" if cfg.export.int8.accuracy_control else ""
+        return Tolerance(None, drop, source=f"export.max_map_drop_int8={drop}{controlled}")
     diff, drop = cfg.export.max_abs_diff, cfg.export.max_map_drop
     return Tolerance(diff, drop, source=f"export.max_abs_diff={diff}, export.max_map_drop={drop}")
 
@@ -97,7 +99,7 @@ def metadata(
         "sha256_file": file_sha256(model),
         "versions": package_versions(VERSIONED),
         "parity": parity.as_dict(),
-        "quantization": quantization or None,  # INT8: calibration images and the ops kept in float
+        "quantization": quantization or None,  # INT8: calibration, layers kept in float, accuracy control
     }
 
 
@@ -126,7 +128,23 @@ def export_model(cfg: PipelineConfig, fmt: str, staged: Path, info: ModelInfo) -
         return export_format(staged, export_arguments(cfg, fmt, info)), {}
 
     fp32 = export_format(staged, export_arguments(cfg, "openvino", info))
-    return quantize(fp32, info, calibration_images(cfg))
+    control = accuracy_control(cfg, info.channels)
+    return quantize(fp32, info, calibration_images(cfg), cfg.export.int8, control)
+
+
+def accuracy_control_failure(parity: Parity, quantization: dict[str, Any]) -> Parity:
+    """Accuracy control's own verdict joins the parity gate's: an INT8 model that NNCF could not bring
+    within max_drop on its validation images (reverting at most max_reverted_layers) is refused too."""
+    accuracy = quantization.get("accuracy_control")
+    if not accuracy or accuracy["reached"]:
+        return parity
+    problem = (
+        f"accuracy control left mAP50-95 {accuracy['map_int8']:.4f} vs float {accuracy['map_float']:.4f} "
+        f"on {accuracy['validation_images']} validation images, a drop of {accuracy['drop']:.4f} "
+        f"(max_drop {accuracy['max_drop']}) after reverting {len(accuracy['reverted_layers'])} layer(s) "
+        f"(export.int8.max_reverted_layers={accuracy['max_reverted_layers']})"
+    )
+    return dataclasses.replace(parity, failure="; ".join(filter(None, [parity.failure, problem])))
 
 
 def export_and_check(
@@ -134,7 +152,8 @@ def export_and_check(
 ) -> tuple[Path, dict[str, Any], Parity]:
     exported, quantization = export_model(cfg, fmt, staged, info)
     kill_if_armed("export_exported", cfg.export.formats.index(fmt) + 1)
-    return exported, quantization, check(open_runner(exported, threads=os.cpu_count() or 1))
+    result = check(open_runner(exported, threads=os.cpu_count() or 1))
+    return exported, quantization, accuracy_control_failure(result, quantization)
 
 
 def publish(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,14 @@ def dims(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
 
+def layer_precision_arguments(layer_precisions: Mapping[str, str]) -> list[str]:
+    """trtexec's per-layer precisions, obeyed (what `build_engine` does with `layer_precisions`)."""
+    if not layer_precisions:
+        return []
+    specs = ",".join(f"{name}:{precision}" for name, precision in layer_precisions.items())
+    return [f"--layerPrecisions={specs}", "--precisionConstraints=obey"]
+
+
 def trtexec_command(
     onnx: Path,
     engine: Path,
@@ -263,6 +271,7 @@ def trtexec_command(
     workspace_gb: float,
     profile: Profile,
     calibration_cache: Path | None = None,
+    layer_precisions: Mapping[str, str] | None = None,
 ) -> list[str]:
     """trtexec doing what `build_engine` does; INT8 there reads the calibration cache deploy wrote."""
     command = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
@@ -277,14 +286,35 @@ def trtexec_command(
         command.append("--int8")
         if calibration_cache is not None:
             command.append(f"--calib={calibration_cache}")
-    return command
+    return command + layer_precision_arguments(layer_precisions or {})
 
 
 # ---- build and run (on the device) ---------------------------------------------------------------------
 
 
-def build_engine(onnx: Path, precision: str, workspace_gb: float, profile: Profile, calibrator: Any) -> bytes:
-    """Serialised engine from the ONNX through TensorRT's Python API."""
+def pin_layers(network: Any, layer_precisions: Mapping[str, str], trt: Any) -> list[str]:
+    """Set each named layer's precision (TensorRT layer names are the ONNX node names); the names the
+    network has no layer for, which the caller reports."""
+    types = {"fp16": trt.float16, "fp32": trt.float32, "int8": trt.int8}
+    found = set()
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name in layer_precisions:
+            layer.precision = types[layer_precisions[layer.name]]
+            found.add(layer.name)
+    return [name for name in layer_precisions if name not in found]
+
+
+def build_engine(
+    onnx: Path,
+    precision: str,
+    workspace_gb: float,
+    profile: Profile,
+    calibrator: Any,
+    layer_precisions: Mapping[str, str] | None = None,
+) -> bytes:
+    """Serialised engine from the ONNX through TensorRT's Python API; `layer_precisions` (a precision
+    plan) pins layers, with TensorRT obeying the constraints."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -305,6 +335,10 @@ def build_engine(onnx: Path, precision: str, workspace_gb: float, profile: Profi
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
+    if layer_precisions:
+        if missing := pin_layers(network, layer_precisions, trt):
+            print(f"precision plan: no TensorRT layer named {missing} (fused or renamed by the parser)")
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PipelineError(f"TensorRT failed to build a {precision} engine from {onnx} (see its log above)")

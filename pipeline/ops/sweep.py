@@ -16,6 +16,10 @@ The objective is the validation metric of the best epoch (what best.pt holds), t
 quantity the pruner sees per epoch. The evaluate stage still runs for each finished trial and
 records its test-split numbers in the trial's MLflow run, but selecting hyperparameters on the
 test split would leak it into the choice, so it is never the objective.
+
+A multi-objective sweep (`hydra.sweeper.metrics: [mAP50-95, latency_ms]`) is not pruned; its jobs
+also export best.pt and time it with the benchmark stage (`pipeline.ops.latency`) and return both
+values, in the order of `hydra.sweeper.metrics`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from pipeline.core.faults import is_main_rank
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.prepared import read_dataset_hash
 from pipeline.evaluate import results, stage
+from pipeline.ops import latency
 from pipeline.train import stage as train
 from pipeline.train.callbacks import epoch_rows
 
@@ -169,7 +174,7 @@ def check_dataset_claim(cfg: PipelineConfig, prepared: Path) -> None:
 
 def run_stage(name: str, params: Path) -> None:
     """A pipeline stage through its own entry point, exactly as `python -m pipeline <name>`."""
-    log.info("running %s once for the sweep (params %s)", name, params)
+    log.info("running %s (params %s)", name, params)
     module = importlib.import_module(COMMANDS[name][0])
     code = module.main(["--params", str(params)], prog=f"python -m pipeline {name}", command=name)
     if code:
@@ -266,10 +271,18 @@ def sweep_parent(cfg: PipelineConfig, place: JobPlace, link: Any) -> str | None:
     return run_id
 
 
-def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any) -> dict[str, Any]:
+def objectives(link: Any) -> tuple[str, ...]:
+    """What the job returns: the sweep's metric, or a multi-objective sweep's metrics in order."""
+    if link is None:
+        return ("mAP50-95",)
+    return link.metrics if link.multi_objective else (link.metric,)
+
+
+def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any, params: Path) -> dict[str, Any]:
     from hydra_plugins.optuna_sweeper import job
 
-    metric = link.metric if link is not None else "mAP50-95"
+    names = objectives(link)
+    metric = next(name for name in (*names, "mAP50-95") if name != latency.LATENCY_METRIC)
     column = metric_column(metric)
     callbacks: list[Any] = []
     nesting = None
@@ -278,7 +291,7 @@ def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any) -> dict[
         tags = {"sweep.overrides": " ".join(place.overrides)[:5000], "sweep.job_dir": str(place.output_dir)}
         nesting = RunNesting(tracking.tracking_uri(cfg), sweep_parent(cfg, place, link), name, tags, link)
         callbacks.append(nesting)
-    if link is not None:
+    if link is not None and not link.multi_objective:  # Optuna prunes single-objective studies only
         callbacks.append(PruningReporter(link, column))
     try:
         result = train.run(cfg, callbacks=callbacks)
@@ -287,7 +300,11 @@ def train_and_evaluate(cfg: PipelineConfig, place: JobPlace, link: Any) -> dict[
             nesting.nest(Path(cfg.paths.train))
     pruned_epoch = link.frozen().user_attrs.get(job.PRUNED_EPOCH_ATTR) if link is not None else None
     evaluation = evaluate(cfg) if pruned_epoch is None else None
+    timed = latency.measure(cfg, params, run_stage) if latency.LATENCY_METRIC in names else None
+    values = [timed[n] if n == latency.LATENCY_METRIC else result.metrics.get(n) for n in names]
+    multi = {"objectives": list(names), "values": values, "latency": timed} if len(names) > 1 else {}
     return {
+        **multi,
         "value": result.metrics.get(metric),
         "metric": metric,
         "pruned": pruned_epoch is not None,
@@ -354,12 +371,16 @@ def run_job(raw: DictConfig) -> dict[str, Any]:
     place = job_place()
     link = current_trial()
     cfg = job_config(raw, place)
+    if latency.LATENCY_METRIC in objectives(link):
+        cfg = latency.configure(cfg, link.latency)
     params = write_job_params(cfg, place.output_dir)
     ensure_prepared(cfg, params)
-    outcome = train_and_evaluate(cfg, place, link)
+    outcome = train_and_evaluate(cfg, place, link, params)
     write_json(SweepJob(place.output_dir).outcome, outcome)
     state = f"pruned after epoch {outcome['pruned_epoch']}" if outcome["pruned"] else "finished"
-    print(f"job {place.number} {state}: {outcome['metric']} {outcome['value']} ({place.output_dir})")
+    names, values = outcome.get("objectives", [outcome["metric"]]), outcome.get("values", [outcome["value"]])
+    shown = ", ".join(f"{name} {value}" for name, value in zip(names, values, strict=True))
+    print(f"job {place.number} {state}: {shown} ({place.output_dir})")
     return outcome
 
 

@@ -7,26 +7,46 @@ MLflow run through its id and tracking URI (no active run is needed in a worker 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.faults import is_main_rank, kill_if_armed
+import psutil
+
+from pipeline.core.faults import is_main_rank, kill_armed, kill_if_armed
 from pipeline.core.tracking import sanitize_key
+
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun (torch.distributed.run) in every worker
+
+
+def kill_job_if_armed(point: str, epoch: int | None = None) -> None:
+    """The kill switch (`pipeline.core.faults`), for a torchrun launch too: there rank 0 first
+    SIGKILLs this node's torchrun agent and the other workers, as `kill -9` of the whole job (an
+    OOM kill of its cgroup, `scancel -s KILL`) would. Rank 0 dying alone is another fault: torchrun
+    would see it and stop the other ranks gracefully."""
+    if is_main_rank() and kill_armed(point, epoch) and TORCHRUN_ENV in os.environ:
+        agent = psutil.Process(os.getppid())
+        workers = [worker for worker in agent.children() if worker.pid != os.getpid()]
+        for process in (agent, *workers):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    kill_if_armed(point, epoch)
 
 
 def kill_at_setup(trainer: Any) -> None:
-    kill_if_armed("setup")
+    kill_job_if_armed("setup")
 
 
 def kill_mid_epoch(trainer: Any) -> None:
-    kill_if_armed("mid_epoch", trainer.epoch + 1)
+    kill_job_if_armed("mid_epoch", trainer.epoch + 1)
 
 
 def kill_at_final_validation(validator: Any) -> None:
     if not validator.training:  # the per-epoch validation runs with the trainer; the final one without
-        kill_if_armed("final_validation")
+        kill_job_if_armed("final_validation")
 
 
 def logged_steps(run_id: str, tracking_uri: str | None = None, key: str = "metrics/mAP50-95_B_") -> set[int]:

@@ -203,8 +203,12 @@ def run(cfg: PipelineConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     save_dir = files.train.folder
     identity = training_identity(cfg, dataset_hash)
     if not is_main_rank():  # another rank under torchrun: train only; rank 0 tracks and reports
+        # Each rank reads the same state and checkpoint, so it takes rank 0's step; only rank 0
+        # writes (finalising included: two ranks stripping one checkpoint would tear it).
         _, step = unfinished_attempt(save_dir, identity)
-        weights = fit(cfg, plan, save_dir, callbacks, step=step)
+        weights = (
+            TrainRun(save_dir).best_weights if step == FINALISE else fit(cfg, plan, save_dir, callbacks, step)
+        )
         return TrainResult("", step != RESTART, weights, 0, {})
 
     print(plan.table(), flush=True)
@@ -317,6 +321,9 @@ def main(argv: list[str], prog: str = "train", command: str = "train") -> int:
     parser = stage_parser(prog, "Train a detector from scratch with the resolved plan (see `explain`).")
     args = parser.parse_args(argv)
     result = run(load_params(args.params))
+    if not is_main_rank():
+        print(f"rank {os.environ['RANK']}: done; rank 0 tracks the run and writes the reports")
+        return 0
     how = "resumed" if result.resumed else "trained"
     print(f"{how} {result.epochs_completed} epochs; best {result.metrics}; MLflow run {result.run_id}")
     return 0

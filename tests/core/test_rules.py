@@ -211,3 +211,10 @@ def test_the_plan_states_what_ultralytics_really_runs_on_cpu():
 def test_close_mosaic_reason_names_its_real_share(epochs, expected, words):
     value, reason = rules.close_mosaic_rule(epochs)
     assert value == expected and words in reason
+
+
+def test_patience_never_stops_a_short_from_scratch_run_in_its_noise_phase():
+    """The guide's 30 % would give 6 at 20 epochs: the benchmark saw that fire on noise."""
+    assert rules.patience_rule(20, 0.3)[0] == 20 and "the whole run" in rules.patience_rule(20, 0.3)[1]
+    assert rules.patience_rule(100, 0.3)[0] == rules.PATIENCE_FLOOR == 50
+    assert rules.patience_rule(300, 0.3) == (90, "30% of 300 epochs (guide 4.4.3, 5.4.4)")

@@ -909,6 +909,20 @@ def test_voc_without_split_lists_is_split_by_group(tmp_path):
     assert result.split_mode == "group" and report["findings"] == [] and all(result.images.values())
 
 
+def test_voc_split_lists_can_be_named_and_a_missing_one_is_named_in_the_error(tmp_path):
+    """A VOC export with only val.txt and test.txt: data.voc.lists trains on its test list."""
+    source = voc_tree(tmp_path / "voc", clean_voc(), {"test": ["a", "b"], "val": ["v"]})
+    result, _, _ = prepare(tmp_path, source, data="voc_xml")
+    assert result.split_mode == "group" and "data.voc.lists=" in result.split_origins["train"]
+    lists = "data.voc.lists={train: test.txt, val: val.txt}"
+    result, report, out = prepare(tmp_path, source, lists, data="voc_xml")
+    assert result.split_mode == "source" and report["findings"] == []
+    assert (split_of(out, "a"), split_of(out, "b"), split_of(out, "v")) == ("train", "train", "val")
+    with pytest.raises(DataError, match=r"data.voc.lists names train: tets.txt, not found .*'test.txt'"):
+        wrong = "data.voc.lists={train: tets.txt, val: val.txt}"
+        run(compose_config(["data=voc_xml", f"data.path={source}", wrong, f"paths.prepared={tmp_path}/p"]))
+
+
 # ---- thermal frames ----------------------------------------------------------------------------
 
 
