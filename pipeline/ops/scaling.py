@@ -129,11 +129,16 @@ def fit_problems(fit: PowerLawFit, y: np.ndarray) -> list[str]:
     return problems
 
 
+def images_text(images: float | None) -> str:
+    """An interval end; unbounded (inf, or None once read back from forecast.json) says so."""
+    return "unbounded" if images is None or not math.isfinite(images) else f"{images:.0f}"
+
+
 def describe(name: str, fit: PowerLawFit) -> str:
     if fit.needed is None or not math.isfinite(fit.needed):
         forecast = "no forecast"
     else:
-        span = f"{INTERVAL[0]:.0f}-{INTERVAL[1]:.0f} %: {fit.low:.0f} .. {fit.high:.0f}"
+        span = f"{INTERVAL[0]:.0f}-{INTERVAL[1]:.0f} %: {images_text(fit.low)} .. {images_text(fit.high)}"
         forecast = f"{fit.needed:.0f} images ({span})"
     verdict = "trustworthy" if fit.trustworthy else "NOT trustworthy: " + "; ".join(fit.problems)
     return f"{name}: {forecast} for mAP50-95 {fit.target}; {verdict}"

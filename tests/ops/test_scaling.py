@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,13 @@ def test_scaling_trains_each_subset_as_a_child_run(tmp_path):
     files = Artifacts.of(cfg).scaling
     assert read_json(files.forecast) == json.loads(json.dumps(forecast))
     assert files.plot.stat().st_size > 0 and "too few points" in files.report.read_text()
+
+
+def test_a_forecast_with_an_unbounded_interval_is_described_after_a_json_round_trip():
+    """forecast.json stores inf as null; the command prints the fits it read back from there."""
+    fit = scaling.PowerLawFit(
+        (10, 20, 40, 80), (0.1, 0.2, 0.25, 0.27), 0.3, 0.3, 1.0, 0.5, 400.0, 90.0, math.inf
+    )
+    back = {k: v for k, v in fit.as_dict().items() if k != "trustworthy"}
+    assert back["high"] is None
+    assert "400 images (5-95 %: 90 .. unbounded)" in scaling.describe("all", scaling.PowerLawFit(**back))
