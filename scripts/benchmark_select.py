@@ -16,7 +16,6 @@ and sd per arm, side by side, and Welch's test of the difference.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -29,20 +28,10 @@ from pipeline.core.compose import compose_config
 from pipeline.core.io import write_text
 from pipeline.model.info import read_model_info
 from pipeline.ops.select import pick, pool_images, score_pool
-from scripts.benchmark_audit import DATASET, train
+from scripts.benchmark_audit import DATASET, copy_dataset, train
 
-HELD_OUT = ("valid", "test")
 NAMES = ["dog", "person"]
 GROUP_PATTERN = r"^(IMG_\d+)"  # Roboflow's copies of one frame ("IMG_0044 2_jpg.rf...") share it
-
-
-def copy_dataset(source: Path, root: Path) -> Path:
-    """train/ as it is; the held-out splits merged into val/."""
-    for split, parts in (("train", ("train",)), ("val", HELD_OUT)):
-        for part in parts:
-            for kind in ("images", "labels"):
-                shutil.copytree(source / part / kind, root / kind / split, dirs_exist_ok=True)
-    return root
 
 
 def arm_yaml(root: Path, name: str, images: list[Path]) -> Path:
