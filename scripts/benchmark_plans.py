@@ -7,6 +7,9 @@ none; the split is printed):
 - `defaults`: Ultralytics' own defaults for every value the plan derives (`optimizer=auto` too);
 - `template`: the guide's template for the dataset's sensor (section 12.1 thermal, 12.2 RGB);
 - `auto`: the project's derived plan, nothing overridden;
+- `distill`: the auto plan trained against a teacher (`train.distill.teacher`, guide 10.2): a larger
+  model (`--teacher-model`, yolo11s) trained once per dataset with the auto plan for
+  `--teacher-epochs` (3x the budget), seed 0; the teacher's own score is printed beside;
 - `no_<group>`: the auto plan with one group of rules set back to Ultralytics' defaults
   (small-object augmentation, lr scaling, warmup, patience, close_mosaic).
 
@@ -75,13 +78,15 @@ ABLATIONS = {
     "no_patience_rule": ("patience",),
     "no_close_mosaic_rule": ("close_mosaic",),
 }
-CONFIGS = ("defaults", "template", "auto", *ABLATIONS)
+CONFIGS = ("defaults", "template", "auto", "distill", *ABLATIONS)
 
 
-def overrides_for(config: str, sensor: str) -> list[str]:
-    """Hydra overrides that turn the auto plan into `config`."""
-    if config == "auto":
+def overrides_for(config: str, sensor: str, teacher: Path | None = None) -> list[str]:
+    """Hydra overrides that turn the auto plan into `config` (`teacher`: the distill config's)."""
+    if config in ("auto", "teacher"):
         return []
+    if config == "distill":
+        return [f"train.distill.teacher={teacher}"]
     if config == "defaults":
         values = ULTRALYTICS | {"optimizer": "auto", "cos_lr": False}
     elif config == "template":
@@ -122,11 +127,19 @@ def prepared_base(root: Path, dataset: str, budget: list[str]) -> list[str]:
     return base
 
 
-def train_one(root: Path, base: list[str], dataset: str, config: str, seed: int, epochs: int) -> Trial:
+def train_one(
+    root: Path,
+    base: list[str],
+    dataset: str,
+    config: str,
+    seed: int,
+    epochs: int,
+    teacher: Path | None = None,
+) -> Trial:
     sensor = DATASETS[dataset][2]
-    folder = root / config / f"seed{seed}"
+    folder = trial_folder(root, config, seed)
     paths = [f"paths.train={folder / 'train'}", f"paths.train_report={folder / 'report'}"]
-    cfg = compose_config([*base, *overrides_for(config, sensor), f"seed={seed}", *paths])
+    cfg = compose_config([*base, *overrides_for(config, sensor, teacher), f"seed={seed}", *paths])
     start = time.perf_counter()
     result = train_stage.run(cfg)
     info = read_model_info(result.weights)
@@ -135,6 +148,21 @@ def train_one(root: Path, base: list[str], dataset: str, config: str, seed: int,
     ran = result.epochs_completed
     seconds = time.perf_counter() - start
     return Trial(dataset, config, seed, split, float(metrics.box.map), ran, ran < epochs, seconds)
+
+
+def trial_folder(root: Path, config: str, seed: int) -> Path:
+    return root / config / f"seed{seed}"
+
+
+def train_teacher(root: Path, base: list[str], dataset: str, model: str, epochs: int) -> tuple[Trial, Path]:
+    """The distill configuration's teacher: `model` with the auto plan for `epochs` epochs, seed 0;
+    its score and its best checkpoint."""
+    budget = [o for o in base if not o.startswith("train.epochs=")] + [f"train.epochs={epochs}"]
+    trial = train_one(root, [*budget, f"model={model}"], dataset, "teacher", 0, epochs)
+    print(
+        f"{dataset} teacher {model}, {epochs} epochs: mAP50-95 {trial.map50_95:.4f} ({trial.seconds:.0f} s)"
+    )
+    return trial, trial_folder(root, "teacher", 0) / "train" / "weights" / "best.pt"
 
 
 def summary(trials: list[Trial]) -> list[dict]:
@@ -233,15 +261,25 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("reports/plans"))
+    parser.add_argument(
+        "--teacher-model", default="yolo11s", help="the distill config's teacher (conf/model)"
+    )
+    parser.add_argument("--teacher-epochs", type=int, help="the teacher's epochs (default: 3x --epochs)")
     args = parser.parse_args()
     budget = [f"train.epochs={args.epochs}", f"train.imgsz={args.imgsz}", f"train.batch={args.batch}"]
     trials: list[Trial] = []
+    teachers: list[Trial] = []
     for dataset in args.datasets:
         with tempfile.TemporaryDirectory(prefix=f"plans-{dataset}-") as tmp:
             base = prepared_base(Path(tmp), dataset, budget)
+            teacher = None
+            if "distill" in args.configs:
+                epochs = args.teacher_epochs or 3 * args.epochs
+                trial, teacher = train_teacher(Path(tmp), base, dataset, args.teacher_model, epochs)
+                teachers.append(trial)
             for config in args.configs:
                 for seed in range(args.seeds):
-                    trials.append(train_one(Path(tmp), base, dataset, config, seed, args.epochs))
+                    trials.append(train_one(Path(tmp), base, dataset, config, seed, args.epochs, teacher))
                     last = trials[-1]
                     print(
                         f"{dataset} {config} seed {seed}: mAP50-95 {last.map50_95:.4f} ({last.seconds:.0f} s)"
@@ -249,7 +287,13 @@ def main() -> None:
     rows = summary(trials)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(
-        args.out / "plans.json", {"budget": budget, "rows": rows, "trials": [asdict(t) for t in trials]}
+        args.out / "plans.json",
+        {
+            "budget": budget,
+            "rows": rows,
+            "trials": [asdict(t) for t in trials],
+            "teachers": [asdict(t) | {"model": args.teacher_model} for t in teachers],
+        },
     )
     draw(rows, trials, args.out / "plans.png")
     print_table(rows)

@@ -33,6 +33,7 @@ class Interval:
     high: float
     level: float
     resamples: int
+    seeds: int = 1  # challenger trainings (retrain --seeds) the interval averages over
 
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
@@ -71,17 +72,24 @@ def paired_bootstrap(
 ) -> Interval:
     """Percentile interval of F1(challenger) - F1(champion) over images resampled with replacement.
 
-    `champion` and `challenger` are (images, 3) TP/FP/FN counts on the same images, in the same order.
+    `champion` is (images, 3) TP/FP/FN counts; `challenger` the same on the same images, in the same
+    order, or (seeds, images, 3): one recipe trained with several seeds (`retrain --seeds`). Then the
+    challenger's F1 is the mean over its seeds, and each resample also draws the seeds with
+    replacement, so the interval holds the training noise as well as the images'.
     """
-    paired = champion.shape == challenger.shape and champion.ndim == 2 and champion.shape[1] == 3
-    if not (paired and len(champion)):
+    runs = challenger if challenger.ndim == 3 else challenger[None]
+    paired = champion.ndim == 2 and champion.shape[1:] == (3,) and runs.shape[1:] == champion.shape
+    if not (paired and len(champion) and len(runs)):
         raise ValueError(
-            "paired counts must both be (images, 3) with at least one image, on the same images; "
-            f"got {champion.shape} and {challenger.shape}"
+            "paired counts must both be (images, 3) with at least one image, on the same images "
+            f"(the challenger's may be (seeds, images, 3)); got {champion.shape} and {challenger.shape}"
         )
-    picks = np.random.default_rng(seed).integers(0, len(champion), size=(resamples, len(champion)))
-    deltas = f1(challenger[picks]) - f1(champion[picks])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(champion), size=(resamples, len(champion)))
+    drawn = rng.integers(0, len(runs), size=(resamples, len(runs)))
+    per_seed = f1(runs[:, picks]).T  # (resamples, seeds)
+    deltas = np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1) - f1(champion[picks])
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(deltas, [tail, 100 - tail])
-    delta = float(f1(challenger) - f1(champion))
-    return Interval(round(delta, 5), round(float(low), 5), round(float(high), 5), level, resamples)
+    delta = float(f1(runs).mean() - f1(champion))
+    return Interval(round(delta, 5), round(float(low), 5), round(float(high), 5), level, resamples, len(runs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -82,17 +83,23 @@ def decide(
     rule: RetrainConfig,
     interval: Interval | None = None,
     slice_min_instances: int = 0,
+    replicas: Sequence[ModelScore] = (),
 ) -> Verdict:
     """Promote or keep, with the reason in words. `interval`: the paired bootstrap of the F1
     difference on the evaluation images (None only without a champion); slices with fewer objects
-    than `slice_min_instances` (evaluate's) are too noisy to block a promotion."""
+    than `slice_min_instances` (evaluate's) are too noisy to block a promotion. `replicas`: the
+    challenger's recipe trained with other seeds (retrain --seeds); the metric margin is then
+    checked on the mean over all seeds, the class and slice bounds on the challenger itself."""
     if champion is None:
         return Verdict(True, "no champion yet: the first model becomes champion", None)
-    ours, theirs = challenger.metrics[rule.metric], champion.metrics[rule.metric]
+    seeds = [challenger, *replicas]
+    ours = sum(s.metrics[rule.metric] for s in seeds) / len(seeds)
+    theirs = champion.metrics[rule.metric]
     delta = round(ours - theirs, 5)
     deltas = class_deltas(champion, challenger)
     regressions = {name: d for name, d in deltas.items() if d < -rule.max_class_drop}
-    compared = f"{rule.metric} {ours:.4f} against the champion's {theirs:.4f} ({delta:+.4f})"
+    mean = f" (mean of {len(seeds)} seeds)" if replicas else ""
+    compared = f"{rule.metric} {ours:.4f}{mean} against the champion's {theirs:.4f} ({delta:+.4f})"
     if regressions:
         fallen = ", ".join(f"{name} {d:+.4f}" for name, d in regressions.items())
         reason = f"{compared}, but AP50-95 falls by more than {rule.max_class_drop} for: {fallen}"
@@ -119,9 +126,10 @@ def decide(
 def interval_text(interval: Interval | None) -> str:
     if interval is None:
         return "no paired interval (the models were not scored on the same images)"
+    seeds = f" and {interval.seeds} challenger seeds" if interval.seeds > 1 else ""
     return (
         f"the {interval.level:.0%} paired bootstrap interval of the F1 difference "
-        f"[{interval.low:+.4f}, {interval.high:+.4f}] ({interval.resamples} resamples)"
+        f"[{interval.low:+.4f}, {interval.high:+.4f}] ({interval.resamples} resamples of the images{seeds})"
     )
 
 

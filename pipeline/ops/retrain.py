@@ -9,7 +9,8 @@
 2. reproduces the pipeline (`dvc repro`: only the stages whose inputs changed); the evaluate stage
    registers the new model, which gets the alias `challenger`;
 3. evaluates the champion and the challenger, both downloaded from the registry, on the current
-   evaluation split with the evaluate stage's own code;
+   evaluation split with the evaluate stage's own code (pipeline/ops/contenders.py); with
+   `--seeds N` the challenger's recipe is trained with N-1 more seeds, and those are scored too;
 4. moves the alias `champion` to the challenger only if it beats the champion on `retrain.metric`
    by `retrain.min_improvement` and no class's AP50-95 falls by more than `retrain.max_class_drop`
    (the first model ever trained becomes champion);
@@ -33,27 +34,22 @@ import os
 import sys
 import tempfile
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
-
-import numpy as np
 
 from pipeline.core import tracking
 from pipeline.core.artifacts import Artifacts
 from pipeline.core.cli import stage_parser
-from pipeline.core.config import RETRAIN_METRICS, PipelineConfig, load_params
+from pipeline.core.config import PipelineConfig, load_params
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_json, write_text
 from pipeline.core.prepared import read_dataset_hash
-from pipeline.evaluate import results
-from pipeline.evaluate import stage as evaluate
-from pipeline.evaluate.compare import Interval, paired_bootstrap
 from pipeline.ops.children import run_bound
+from pipeline.ops.contenders import paired_interval, recorded_score, replica_seeds, score, seed_replica
 from pipeline.ops.decision import (
     CHALLENGER,
     CHAMPION,
     Decision,
-    ModelScore,
     decide,
     now,
     render_markdown,
@@ -90,7 +86,7 @@ EXIT_HELP = f"""exit status:
   {EXIT_BUSY:<3} busy: another retrain or rollback holds the lock (retrain.lock_wait, --wait)"""
 
 
-# ---- DVC, evaluation ------------------------------------------------------------------------------
+# ---- DVC ------------------------------------------------------------------------------
 
 
 def dvc(*args: str) -> None:
@@ -110,56 +106,10 @@ def refresh_data(cfg: PipelineConfig) -> str:
     return read_dataset_hash(Artifacts.of(cfg).dataset)
 
 
-def score(cfg: PipelineConfig, registry: Registry, version, scratch: Path) -> tuple[ModelScore, dict]:
-    """The version's weights from the registry, scored by the evaluate stage's code on the current
-    split; with its per-image (TP, FP, FN) by image name, for the paired interval."""
-    folder = scratch / f"v{version.version}"
-    weights = registry.download(version, folder / "weights")
-    paths = replace(cfg.paths, train=str(weights.parent.parent), evaluation=str(folder / "evaluation"))
-    result = evaluate.run(replace(cfg, paths=paths))
-    flat = results.metrics_json(result)
-    per_class = {c.name: c.ap50_95 for c in result.classes if c.ap50_95 is not None}
-    measured = f"{result.split} split ({result.images} images, {result.instances} objects)"
-    metrics = {key: float(flat[key] or 0.0) for key in RETRAIN_METRICS}
-    model_score = ModelScore(
-        str(version.version),
-        version.run_id,
-        registry.dataset_hash(version),
-        metrics,
-        per_class,
-        measured,
-        tuple(s.as_dict() for s in result.slices),
-    )
-    return model_score, {name: counts for name, *counts in result.image_counts}
-
-
-def paired_interval(champion: dict, challenger: dict, cfg: PipelineConfig) -> Interval:
-    """Both models were scored on the same current split; pair their images by name."""
-    names = sorted(champion.keys() & challenger.keys())
-    if not names:
-        raise RetrainError("the champion and the challenger were scored on no common image")
-    return paired_bootstrap(
-        np.array([champion[n] for n in names]),
-        np.array([challenger[n] for n in names]),
-        resamples=cfg.retrain.resamples,
-        level=cfg.retrain.confidence,
-        seed=cfg.seed,
-    )
-
-
-def recorded_score(registry: Registry, version) -> ModelScore:
-    """The metrics the evaluate stage tagged the version with when it registered it."""
-    metrics = {key: float(version.tags[key]) for key in RETRAIN_METRICS if key in version.tags}
-    measured = "as registered by the evaluate stage"
-    return ModelScore(
-        str(version.version), version.run_id, registry.dataset_hash(version), metrics, {}, measured
-    )
-
-
 # ---- the commands ---------------------------------------------------------------------------------
 
 
-def retrain(cfg: PipelineConfig, force: bool, started: str) -> Decision:
+def retrain(cfg: PipelineConfig, force: bool, started: str, seeds: int = 1) -> Decision:
     registry = open_registry(cfg)
     history = registry.reconcile()
     undecided = registry.mark_undecided()
@@ -183,18 +133,29 @@ def retrain(cfg: PipelineConfig, force: bool, started: str) -> Decision:
         )
         return nothing_to_do(cfg, started, reason, champion, data_hash)
     registry.move(CHALLENGER, str(challenger.version))
-    return compare(cfg, registry, champion, challenger, started, data_hash)
+    return compare(cfg, registry, champion, challenger, started, data_hash, seeds)
 
 
-def compare(cfg: PipelineConfig, registry: Registry, champion, challenger, started: str, data_hash: str):
+def compare(
+    cfg: PipelineConfig, registry: Registry, champion, challenger, started: str, data_hash: str, seeds: int
+):
     with tempfile.TemporaryDirectory(prefix="retrain-") as scratch:
         theirs, their_counts = score(cfg, registry, champion, Path(scratch)) if champion else (None, None)
         ours, our_counts = score(cfg, registry, challenger, Path(scratch))
-    interval = paired_interval(their_counts, our_counts, cfg) if their_counts is not None else None
-    verdict = decide(theirs, ours, cfg.retrain, interval, cfg.evaluate.slice_min_instances)
+        extra = replica_seeds(cfg, seeds) if champion else []  # the first model is promoted anyway
+        replicas = {}
+        for k, seed in enumerate(extra, 1):
+            print(f"--seeds {seeds}: training the challenger's recipe with seed {seed} ({k}/{len(extra)})")
+            replicas[f"{CHALLENGER}-seed{seed}"] = seed_replica(cfg, seed, challenger, Path(scratch))
+    counts = [our_counts, *(c for _, c in replicas.values())]
+    interval = paired_interval(their_counts, counts, cfg) if their_counts is not None else None
+    extra_scores = {role: s for role, (s, _) in replicas.items()}
+    verdict = decide(
+        theirs, ours, cfg.retrain, interval, cfg.evaluate.slice_min_instances, list(extra_scores.values())
+    )
     if verdict.promote:
         registry.promote(ours.version)
-    scores = {CHAMPION: theirs, CHALLENGER: ours} if theirs else {CHALLENGER: ours}
+    scores = ({CHAMPION: theirs} if theirs else {}) | {CHALLENGER: ours} | extra_scores
     return Decision(
         "retrain",
         "promoted" if verdict.promote else "kept",
@@ -321,6 +282,12 @@ def wait_seconds(text: str) -> float | None:
     return seconds
 
 
+def seed_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of trainings, 1 or more (e.g. 3)")
+    return int(text)
+
+
 def build_parser(prog: str, command: str) -> argparse.ArgumentParser:
     description = {
         "retrain": "Retrain when the data changed; promote the challenger only if it beats the champion.",
@@ -335,6 +302,16 @@ def build_parser(prog: str, command: str) -> argparse.ArgumentParser:
             action="store_true",
             help="go on even when the data is what the champion was trained on (e.g. after changing "
             "params); DVC still reruns only the stages whose inputs changed",
+        )
+        parser.add_argument(
+            "--seeds",
+            type=seed_count,
+            default=1,
+            metavar="N",
+            help="train the challenger's recipe N times (the pipeline's seed, then seed+1 ...; N-1 extra "
+            "trainings in runs/retrain-seed<s>/, each an MLflow child run) and promote only when the mean "
+            "over the seeds wins and the interval over images and seeds clears the margin; for when one "
+            "training's luck could decide (default: 1)",
         )
     waiting = parser.add_mutually_exclusive_group()
     waiting.add_argument(
@@ -351,12 +328,12 @@ def build_parser(prog: str, command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def attempt(cfg: PipelineConfig, command: str, force: bool) -> Decision:
+def attempt(cfg: PipelineConfig, command: str, force: bool, seeds: int = 1) -> Decision:
     started = now()
     if command == "rollback":
         return rollback(cfg, started)  # its errors change nothing: exit 2 with the message
     try:
-        return retrain(cfg, force, started)
+        return retrain(cfg, force, started, seeds)
     except Exception as exc:  # a scheduled job's failure must reach the decision log, not only stderr
         traceback.print_exc()
         return failed(cfg, command, started, exc)
@@ -368,7 +345,7 @@ def main(argv: list[str], prog: str = "retrain", command: str = "retrain") -> in
     wait = getattr(args, "wait", cfg.retrain.lock_wait)
     try:
         with hold_lock(Path(cfg.retrain.lock_file), wait):
-            decision = attempt(cfg, command, getattr(args, "force", False))
+            decision = attempt(cfg, command, getattr(args, "force", False), getattr(args, "seeds", 1))
     except RetrainBusy as exc:
         print(f"busy: {exc}", file=sys.stderr)
         return EXIT_BUSY

@@ -82,3 +82,27 @@ def test_the_seed_fixes_the_interval_and_shapes_are_checked():
     assert compare.paired_bootstrap(a, b, seed=7) == compare.paired_bootstrap(a, b, seed=7)
     with pytest.raises(ValueError, match="same images"):
         compare.paired_bootstrap(a, b[:-1])
+
+
+def test_a_lucky_seed_clears_alone_but_not_beside_an_unlucky_one():
+    """`retrain --seeds`: one training of the recipe finds everything, another nothing. Alone, the
+    lucky one wins by 0.5 on every resample; with both seeds the mean equals the champion, and
+    resampling the seeds spans both outcomes, so the interval does not clear a margin."""
+    frames = scene(4)
+    good, bad = counts(frames, perfect), counts(frames, shifted)
+    half = IMAGES // 2
+    champion = np.vstack([good[:half], bad[half:]])  # right on half the images: F1 near 0.5
+    alone = compare.paired_bootstrap(champion, good)
+    assert alone.clears(0.3) and alone.seeds == 1
+    both = compare.paired_bootstrap(champion, np.stack([good, bad]))
+    assert both.seeds == 2 and both.delta == pytest.approx((1.0 + 0.0) / 2 - compare.f1(champion), abs=1e-5)
+    assert both.low < -0.3 and both.high > 0.3 and not both.clears(0.005)
+
+
+def test_seeds_that_agree_give_the_single_seed_verdict():
+    frames = scene(5)
+    champion, challenger = counts(frames, shifted), counts(frames, perfect)
+    interval = compare.paired_bootstrap(champion, np.stack([challenger] * 3))
+    assert interval.seeds == 3 and interval.delta == pytest.approx(1.0) and interval.clears(0.5)
+    with pytest.raises(ValueError, match=r"\(seeds, images, 3\)"):
+        compare.paired_bootstrap(champion, np.stack([challenger[:-1]] * 2))

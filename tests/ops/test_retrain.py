@@ -108,6 +108,25 @@ def test_a_gain_inside_the_noise_is_not_promoted():
     assert not verdict.promote and "does not clear the margin 0.01" in verdict.reason
 
 
+def test_with_seed_replicas_the_margin_is_checked_on_the_mean_over_seeds():
+    """The registered challenger alone clears the margin (0.32 against 0.30); its recipe's two other
+    seeds do not (0.28, 0.29): the mean 0.2967 is below the champion, so it is kept."""
+    replicas = [scored(2, 0.28), scored(2, 0.29)]
+    verdict = rules.decide(scored(1, 0.30), scored(2, 0.32), RULE, CLEAR_WIN, replicas=replicas)
+    assert (
+        not verdict.promote and "mean of 3 seeds" in verdict.reason and "below the margin" in verdict.reason
+    )
+    assert verdict.metric_delta == pytest.approx(-0.00333, abs=1e-5)
+    agreeing = [scored(2, 0.33), scored(2, 0.31)]
+    assert rules.decide(scored(1, 0.30), scored(2, 0.32), RULE, CLEAR_WIN, replicas=agreeing).promote
+
+
+def test_seeds_must_be_a_positive_count(capsys):
+    with pytest.raises(SystemExit):
+        retrain.build_parser("retrain", "retrain").parse_args(["--seeds", "0"])
+    assert "1 or more" in capsys.readouterr().err
+
+
 def night(map50_95: float, instances: int = 40) -> tuple[dict, ...]:
     """The night slice (evaluate.slices' light=night) of a model, as evaluate reports it."""
     values = {"images": 8, "instances": instances, "map50": map50_95, "map50_95": map50_95, "recall": 0.5}
@@ -518,7 +537,7 @@ def test_retrain_killed_after_registering_the_challenger_leaves_the_champion(pro
 
 @pytest.mark.slow
 def test_v2_more_data_is_promoted_on_the_rerun(project):
-    code, output, _ = retrain_in(project)
+    code, output, _ = retrain_in(project, "--seeds", "2")
     assert code == retrain.EXIT_PROMOTED, output
     assert aliases(project)["champion"] == "2" and history(project) == ["1", "2"]
     versions = client(project).search_model_versions(f"name = '{REGISTERED}'")
@@ -529,6 +548,12 @@ def test_v2_more_data_is_promoted_on_the_rerun(project):
     assert champion["measured"] == challenger["measured"]  # the same current split for both
     interval = record["verdict"]["interval"]  # v1 finds nothing: every resample favours v2
     assert interval["low"] >= RETRAIN.min_improvement and interval["level"] == RETRAIN.confidence
+    assert interval["seeds"] == 2 and "mean of 2 seeds" in record["reason"]
+    replica = record["scores"]["challenger-seed1"]  # --seeds 2: the recipe again with seed 0 + 1
+    assert replica["run_id"] != challenger["run_id"] and replica["measured"] == challenger["measured"]
+    tags = client(project).get_run(replica["run_id"]).data.tags
+    assert tags["retrain.seed"] == "1" and tags["mlflow.parentRunId"] == challenger["run_id"]
+    assert (project / "runs/retrain-seed1/train/weights/best.pt").exists()
     run = next(r for r in decision_runs_of(project) if r.data.tags["retrain.outcome"] == "promoted")
     assert run.data.tags["retrain.champion_after"] == "2"
     artifacts = {Path(a.path).suffix for a in client(project).list_artifacts(run.info.run_id)}
