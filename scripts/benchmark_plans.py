@@ -15,7 +15,9 @@ none; the split is printed):
 
 Prints mean and standard deviation of mAP50-95 over the seeds, how often early stopping fired, and
 for each configuration whether its difference from `auto` is larger than the seed noise (Welch's
-t-test, p < 0.05); writes plans.json and plans.png to --out.
+t-test on mAP50-95, p < 0.05) and the paired bootstrap interval of its F1 difference from `auto` on
+the test images (at the evaluate stage's thresholds; images and both sides' seeds resampled, as
+`retrain` decides); writes plans.json and plans.png to --out.
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_plans.py [--datasets thermal_dogs_people bccd
         synthetic_thermal] [--configs defaults template auto ...] [--seeds 3] [--epochs 20]
@@ -33,14 +35,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 from pipeline.core.compose import compose_config
 from pipeline.core.io import write_json
 from pipeline.data import analyze, prepare
-from pipeline.evaluate.stage import validate
-from pipeline.model.info import read_model_info
-from pipeline.model.scoring import resolve_split
+from pipeline.evaluate import results
+from pipeline.evaluate import stage as evaluate_stage
+from pipeline.evaluate.compare import paired_bootstrap
 from pipeline.train import stage as train_stage
 
 DATASETS = {  # data=, classes=, sensor=
@@ -109,6 +112,7 @@ class Trial:
     epochs_run: int
     early_stop: bool
     seconds: float  # training and scoring
+    counts: dict[str, list[int]]  # per test image: TP, FP, FN at the evaluate stage's thresholds
 
 
 def prepared_base(root: Path, dataset: str, budget: list[str]) -> list[str]:
@@ -138,16 +142,15 @@ def train_one(
 ) -> Trial:
     sensor = DATASETS[dataset][2]
     folder = trial_folder(root, config, seed)
-    paths = [f"paths.train={folder / 'train'}", f"paths.train_report={folder / 'report'}"]
+    paths = [f"paths.{key}={folder / key}" for key in ("train", "train_report", "evaluation")]
     cfg = compose_config([*base, *overrides_for(config, sensor, teacher), f"seed={seed}", *paths])
     start = time.perf_counter()
     result = train_stage.run(cfg)
-    info = read_model_info(result.weights)
-    split, _ = resolve_split(Path(cfg.paths.prepared), "test")
-    metrics = validate(cfg, result.weights, split, info, folder / "score")
-    ran = result.epochs_completed
-    seconds = time.perf_counter() - start
-    return Trial(dataset, config, seed, split, float(metrics.box.map), ran, ran < epochs, seconds)
+    evaluation = evaluate_stage.run(cfg)  # the test split (val when there is none), as the stage scores
+    score = float(results.metrics_json(evaluation)["mAP50-95"] or 0.0)
+    counts = {name: list(c) for name, *c in evaluation.image_counts}
+    ran, seconds = result.epochs_completed, time.perf_counter() - start
+    return Trial(dataset, config, seed, evaluation.split, score, ran, ran < epochs, seconds, counts)
 
 
 def trial_folder(root: Path, config: str, seed: int) -> Path:
@@ -165,14 +168,28 @@ def train_teacher(root: Path, base: list[str], dataset: str, model: str, epochs:
     return trial, trial_folder(root, "teacher", 0) / "train" / "weights" / "best.pt"
 
 
+def f1_interval(auto: list[Trial], group: list[Trial]) -> dict | None:
+    """The paired bootstrap interval of F1(config) - F1(auto) on the test images, resampling the
+    images and each side's seeds (pipeline.evaluate.compare, as retrain decides)."""
+    if not auto or group == auto:
+        return None
+    names = sorted(set.intersection(*(set(t.counts) for t in [*auto, *group])))
+    if not names:
+        return None
+    side = lambda trials: np.array([[t.counts[n] for n in names] for t in trials])  # noqa: E731
+    return asdict(paired_bootstrap(side(auto), side(group)))
+
+
 def summary(trials: list[Trial]) -> list[dict]:
-    """Per dataset and configuration: mean, sd, early stops, and Welch's test against auto."""
+    """Per dataset and configuration: mean, sd, early stops, Welch's test against auto, and the
+    paired F1 interval against auto."""
     rows = []
     for dataset in dict.fromkeys(t.dataset for t in trials):
         by_config: dict[str, list[Trial]] = {}
         for trial in (t for t in trials if t.dataset == dataset):
             by_config.setdefault(trial.config, []).append(trial)
-        auto = [t.map50_95 for t in by_config.get("auto", [])]
+        auto_trials = by_config.get("auto", [])
+        auto = [t.map50_95 for t in auto_trials]
         for config, group in by_config.items():
             values = [t.map50_95 for t in group]
             p = (
@@ -190,6 +207,7 @@ def summary(trials: list[Trial]) -> list[dict]:
                     "seeds": len(values),
                     "early_stops": sum(t.early_stop for t in group),
                     "p_vs_auto": None if p is None or p != p else float(p),  # NaN: no variance at all
+                    "f1_vs_auto": f1_interval(auto_trials, group),
                 }
             )
     return rows
@@ -205,14 +223,25 @@ def verdict(row: dict, auto_mean: float) -> str:
     return f"{side} auto, {noise} (p={row['p_vs_auto']:.2f})"
 
 
+def interval_text(interval: dict | None) -> str:
+    if interval is None:
+        return "-"
+    clears = "excludes 0" if interval["low"] > 0 or interval["high"] < 0 else "contains 0"
+    return f"{interval['delta']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}], {clears}"
+
+
 def print_table(rows: list[dict]) -> None:
-    print("| dataset | config | split | mAP50-95 mean +- sd | seeds | early stops | against auto |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| dataset | config | split | mAP50-95 mean +- sd | seeds | early stops | against auto (Welch) "
+        "| F1 - auto's, 95 % paired bootstrap (images and seeds) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        auto = next(r["mean"] for r in rows if r["dataset"] == row["dataset"] and r["config"] == "auto")
+        auto = [r["mean"] for r in rows if r["dataset"] == row["dataset"] and r["config"] == "auto"]
+        welch = verdict(row, auto[0]) if auto else "no auto run"
         print(
             f"| {row['dataset']} | {row['config']} | {row['split']} | {row['mean']:.4f} +- {row['sd']:.4f} "
-            f"| {row['seeds']} | {row['early_stops']} | {verdict(row, auto)} |"
+            f"| {row['seeds']} | {row['early_stops']} | {welch} | {interval_text(row['f1_vs_auto'])} |"
         )
 
 

@@ -249,7 +249,7 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
     imgsz = decide("imgsz", t.imgsz, lambda: imgsz_rule(facts))
     decide("batch", t.batch, lambda: training_batch_rule(cfg, imgsz, facts))
     decide("workers", t.workers, lambda: workers_rule(hw))
-    decide("device", AUTO, lambda: (hw.device, f"profile {hw.name}: {hw.gpus} GPU(s)"))
+    decide("device", AUTO, lambda: (hw.device, device_reason(hw)))
     decide("amp", t.amp, lambda: (hw.amp, f"profile {hw.name}"))
     decide("cache", t.cache, lambda: cache_rule(cfg, imgsz, facts))
     decide("lr0", t.lr0, lambda: lr0_rule(cfg.sensor.lr_base, cfg.sensor.lr_factor, classes, cfg.sensor.name))
@@ -286,6 +286,14 @@ def _time_budget(cfg: PipelineConfig) -> tuple[float | None, str]:
         f"profile {cfg.hardware.name}: {hours * 60:.0f} min wall-clock budget; Ultralytics fits the "
         "LR schedule into it (set train.time_hours=null for the full epoch count)"
     )
+
+
+def device_reason(hardware: HardwareConfig) -> str:
+    """On a CPU profile `gpus` counts DDP processes (cpu_ddp), not GPUs."""
+    if hardware.device == "cpu":
+        processes = f", {hardware.gpus} DDP processes (gloo)" if hardware.gpus > 1 else ""
+        return f"profile {hardware.name}: CPU{processes}"
+    return f"profile {hardware.name}: {hardware.gpus} GPU(s)"
 
 
 def workers_rule(hardware: HardwareConfig) -> tuple[int, str]:

@@ -72,24 +72,34 @@ def paired_bootstrap(
 ) -> Interval:
     """Percentile interval of F1(challenger) - F1(champion) over images resampled with replacement.
 
-    `champion` is (images, 3) TP/FP/FN counts; `challenger` the same on the same images, in the same
-    order, or (seeds, images, 3): one recipe trained with several seeds (`retrain --seeds`). Then the
-    challenger's F1 is the mean over its seeds, and each resample also draws the seeds with
+    Each side is (images, 3) TP/FP/FN counts on the same images, in the same order, or (seeds,
+    images, 3): one recipe trained with several seeds (`retrain --seeds`, the plan benchmark). A
+    side's F1 is then the mean over its seeds, and each resample also draws that side's seeds with
     replacement, so the interval holds the training noise as well as the images'.
     """
-    runs = challenger if challenger.ndim == 3 else challenger[None]
-    paired = champion.ndim == 2 and champion.shape[1:] == (3,) and runs.shape[1:] == champion.shape
-    if not (paired and len(champion) and len(runs)):
+    ours, theirs = as_runs(challenger), as_runs(champion)
+    paired = ours.shape[1:] == theirs.shape[1:] and ours.shape[2:] == (3,)
+    if not (paired and ours.shape[1] and len(ours) and len(theirs)):
         raise ValueError(
             "paired counts must both be (images, 3) with at least one image, on the same images "
-            f"(the challenger's may be (seeds, images, 3)); got {champion.shape} and {challenger.shape}"
+            f"(or (seeds, images, 3)); got {champion.shape} and {challenger.shape}"
         )
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(champion), size=(resamples, len(champion)))
-    drawn = rng.integers(0, len(runs), size=(resamples, len(runs)))
-    per_seed = f1(runs[:, picks]).T  # (resamples, seeds)
-    deltas = np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1) - f1(champion[picks])
+    picks = rng.integers(0, ours.shape[1], size=(resamples, ours.shape[1]))
+    deltas = resampled_f1(ours, picks, rng) - resampled_f1(theirs, picks, rng)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(deltas, [tail, 100 - tail])
-    delta = float(f1(runs).mean() - f1(champion))
-    return Interval(round(delta, 5), round(float(low), 5), round(float(high), 5), level, resamples, len(runs))
+    delta = float(f1(ours).mean() - f1(theirs).mean())
+    return Interval(round(delta, 5), round(float(low), 5), round(float(high), 5), level, resamples, len(ours))
+
+
+def as_runs(counts: np.ndarray) -> np.ndarray:
+    """(images, 3) counts as one run of (seeds, images, 3)."""
+    return counts if counts.ndim == 3 else counts[None]
+
+
+def resampled_f1(runs: np.ndarray, picks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per resample: the mean F1 over seeds drawn with replacement, each on the resample's images."""
+    per_seed = f1(runs[:, picks]).T  # (resamples, seeds)
+    drawn = rng.integers(0, len(runs), size=per_seed.shape)
+    return np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1)

@@ -106,3 +106,14 @@ def test_seeds_that_agree_give_the_single_seed_verdict():
     assert interval.seeds == 3 and interval.delta == pytest.approx(1.0) and interval.clears(0.5)
     with pytest.raises(ValueError, match=r"\(seeds, images, 3\)"):
         compare.paired_bootstrap(champion, np.stack([challenger[:-1]] * 2))
+
+
+def test_two_recipes_each_over_seeds_are_compared_on_their_means():
+    """The plan benchmark: both sides trained with several seeds. The same two outcomes on each
+    side give an interval around 0; a side whose every seed is right clears any margin."""
+    frames = scene(6)
+    good, bad = counts(frames, perfect), counts(frames, shifted)
+    same = compare.paired_bootstrap(np.stack([good, bad]), np.stack([bad, good]))
+    assert same.delta == pytest.approx(0.0, abs=1e-9) and same.low < 0 < same.high
+    better = compare.paired_bootstrap(np.stack([bad, bad, bad]), np.stack([good, good]))
+    assert better.delta == pytest.approx(1.0) and better.clears(0.5) and better.seeds == 2
