@@ -72,6 +72,15 @@ def test_each_planted_error_is_found_with_its_kind_at_the_top():
     assert (overlooked.label_index, overlooked.predicted_class, overlooked.predicted_box) == (None, 1, B)
 
 
+def test_an_overlooked_object_names_its_own_box_whatever_order_the_model_gave():
+    """cleanlab scores predicted boxes class by class; a detector lists them by confidence. The
+    overlooked class-1 box comes first here, before the class-0 box on the label."""
+    found = predictions((1, B, 0.99), (0, A, 0.9))
+    issues = find_issues([labels("overlooked.png", (0, A))], [found], num_classes=2)
+    overlooked = [i for i in issues if i.kind == "overlooked"]
+    assert [(i.predicted_class, i.predicted_box, i.confidence) for i in overlooked] == [(1, B, 0.99)]
+
+
 def test_train_split_needs_folds_and_folds_need_the_train_split():
     with pytest.raises(ConfigError, match="not be honest"):
         check_split("train", None)
