@@ -7,6 +7,8 @@ none; the split is printed):
 - `defaults`: Ultralytics' own defaults for every value the plan derives (`optimizer=auto` too);
 - `template`: the guide's template for the dataset's sensor (section 12.1 thermal, 12.2 RGB);
 - `auto`: the project's derived plan, nothing overridden;
+- `adamw_lr`: the auto plan at the learning rate Ultralytics' `optimizer=auto` gives AdamW on a short
+  run, 0.002 * 5 / (4 + classes), instead of the plan's SGD-scale lr0 (both train with AdamW);
 - `distill`: the auto plan trained against a teacher (`train.distill.teacher`, guide 10.2): a larger
   model (`--teacher-model`, yolo11s) trained once per dataset with the auto plan for
   `--teacher-epochs` (3x the budget), seed 0; the teacher's own score is printed beside;
@@ -81,15 +83,22 @@ ABLATIONS = {
     "no_patience_rule": ("patience",),
     "no_close_mosaic_rule": ("close_mosaic",),
 }
-CONFIGS = ("defaults", "template", "auto", "distill", *ABLATIONS)
+CONFIGS = ("defaults", "template", "auto", "adamw_lr", "distill", *ABLATIONS)
 
 
-def overrides_for(config: str, sensor: str, teacher: Path | None = None) -> list[str]:
+def ultralytics_adamw_lr(classes: int) -> float:
+    """What Ultralytics' optimizer=auto sets for AdamW when a run has under 10,000 iterations."""
+    return round(0.002 * 5 / (4 + classes), 6)
+
+
+def overrides_for(config: str, sensor: str, classes: int, teacher: Path | None = None) -> list[str]:
     """Hydra overrides that turn the auto plan into `config` (`teacher`: the distill config's)."""
     if config in ("auto", "teacher"):
         return []
     if config == "distill":
         return [f"train.distill.teacher={teacher}"]
+    if config == "adamw_lr":
+        return [f"train.lr0={ultralytics_adamw_lr(classes)}"]
     if config == "defaults":
         values = ULTRALYTICS | {"optimizer": "auto", "cos_lr": False}
     elif config == "template":
@@ -143,7 +152,8 @@ def train_one(
     sensor = DATASETS[dataset][2]
     folder = trial_folder(root, config, seed)
     paths = [f"paths.{key}={folder / key}" for key in ("train", "train_report", "evaluation")]
-    cfg = compose_config([*base, *overrides_for(config, sensor, teacher), f"seed={seed}", *paths])
+    classes = len(compose_config(base).classes.names)
+    cfg = compose_config([*base, *overrides_for(config, sensor, classes, teacher), f"seed={seed}", *paths])
     start = time.perf_counter()
     result = train_stage.run(cfg)
     evaluation = evaluate_stage.run(cfg)  # the test split (val when there is none), as the stage scores
