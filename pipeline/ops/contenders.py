@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core import tracking
-from pipeline.core.artifacts import Artifacts
 from pipeline.core.config import RETRAIN_METRICS, PipelineConfig
-from pipeline.core.prepared import read_dataset_hash
 from pipeline.evaluate import results
 from pipeline.evaluate import stage as evaluate
 from pipeline.evaluate.compare import Interval, paired_bootstrap
@@ -54,7 +52,9 @@ def replica_seeds(cfg: PipelineConfig, seeds: int) -> list[int]:
     return [cfg.seed + k for k in range(1, seeds)]
 
 
-def seed_replica(cfg: PipelineConfig, seed: int, challenger, scratch: Path) -> tuple[ModelScore, dict]:
+def seed_replica(
+    cfg: PipelineConfig, seed: int, challenger, data_hash: str, scratch: Path
+) -> tuple[ModelScore, dict]:
     """The challenger's recipe (this config, this data) trained again with another seed, beside the
     pipeline's run so a killed retrain resumes it; an MLflow child run of the challenger's run."""
     from mlflow import MlflowClient
@@ -66,7 +66,6 @@ def seed_replica(cfg: PipelineConfig, seed: int, challenger, scratch: Path) -> t
     client.set_tag(result.run_id, "mlflow.parentRunId", challenger.run_id)
     client.set_tag(result.run_id, "retrain.seed", str(seed))
     client.update_run(result.run_id, name=f"retrain-seed{seed}")
-    data_hash = read_dataset_hash(Artifacts.of(cfg).dataset)
     version = f"{challenger.version} seed {seed}, unregistered"
     return evaluated(cfg, result.weights, scratch / f"seed{seed}", version, result.run_id, data_hash)
 

@@ -146,7 +146,9 @@ def compare(
         replicas = {}
         for k, seed in enumerate(extra, 1):
             print(f"--seeds {seeds}: training the challenger's recipe with seed {seed} ({k}/{len(extra)})")
-            replicas[f"{CHALLENGER}-seed{seed}"] = seed_replica(cfg, seed, challenger, Path(scratch))
+            replicas[f"{CHALLENGER}-seed{seed}"] = seed_replica(
+                cfg, seed, challenger, data_hash, Path(scratch)
+            )
     counts = [our_counts, *(c for _, c in replicas.values())]
     interval = paired_interval(their_counts, counts, cfg) if their_counts is not None else None
     extra_scores = {role: s for role, (s, _) in replicas.items()}
