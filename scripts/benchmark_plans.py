@@ -13,7 +13,7 @@ none; the split is printed):
   model (`--teacher-model`, yolo11s) trained once per dataset with the auto plan for
   `--teacher-epochs` (3x the budget), seed 0; the teacher's own score is printed beside;
 - `no_<group>`: the auto plan with one group of rules set back to Ultralytics' defaults
-  (small-object augmentation, lr scaling, warmup, patience, close_mosaic).
+  (small-object augmentation, lr scaling, warmup, patience, close_mosaic, the sensor's augmentation).
 
 Prints mean and standard deviation of mAP50-95 over the seeds, how often early stopping fired, and
 for each configuration whether its difference from `auto` is larger than the seed noise (Welch's
@@ -82,6 +82,8 @@ ABLATIONS = {
     "no_warmup_rule": ("warmup_epochs",),
     "no_patience_rule": ("patience",),
     "no_close_mosaic_rule": ("close_mosaic",),
+    # the sensor's augmentation strengths (guide 5.3.2 / 12.2); hue and saturation stay as the sensor has them
+    "no_sensor_augmentation": ("hsv_v", "degrees", "translate", "scale", "mosaic", "mixup", "copy_paste"),
 }
 CONFIGS = ("defaults", "template", "auto", "adamw_lr", "distill", *ABLATIONS)
 

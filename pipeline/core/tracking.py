@@ -88,6 +88,25 @@ def stage_run(cfg: PipelineConfig) -> Iterator[Any]:
         yield run
 
 
+def adopt_as_child(
+    cfg: PipelineConfig,
+    run_id: str,
+    parent_id: str,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """File a finished training run under `parent_id` in the MLflow UI (a retrain seed replica, an
+    audit fold, a scaling point): the train stage opens top-level runs, and MLflow nests a run by
+    its `mlflow.parentRunId` tag."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg))
+    for key, value in {"mlflow.parentRunId": parent_id, **(tags or {})}.items():
+        client.set_tag(run_id, key, value)
+    if name is not None:
+        client.update_run(run_id, name=name)
+
+
 def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
     """Log finite numeric values under `prefix`; MLflow keys cannot hold some characters."""
     import mlflow

@@ -77,13 +77,9 @@ def fold_config(cfg: PipelineConfig, out: Path, fold: int, folds: int, images: l
 
 
 def train_fold(cfg: PipelineConfig, out: Path, fold: int, folds: int, images: list[Path], parent_id: str):
-    from mlflow import MlflowClient
-
     result = train_stage.run(fold_config(cfg, out, fold, folds, images))
-    client = MlflowClient(tracking.tracking_uri(cfg))
-    client.set_tag(result.run_id, "mlflow.parentRunId", parent_id)
-    client.set_tag(result.run_id, "audit.fold", str(fold))
-    client.update_run(result.run_id, name=f"audit-fold{fold}of{folds}")
+    name = f"audit-fold{fold}of{folds}"
+    tracking.adopt_as_child(cfg, result.run_id, parent_id, name, {"audit.fold": str(fold)})
     return result
 
 

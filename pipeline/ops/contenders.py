@@ -57,15 +57,12 @@ def seed_replica(
 ) -> tuple[ModelScore, dict]:
     """The challenger's recipe (this config, this data) trained again with another seed, beside the
     pipeline's run so a killed retrain resumes it; an MLflow child run of the challenger's run."""
-    from mlflow import MlflowClient
-
     folder = Path(cfg.paths.train).parent / f"retrain-seed{seed}"
     paths = replace(cfg.paths, train=str(folder / "train"), train_report=str(folder / "report"))
     result = train_stage.run(replace(cfg, seed=seed, paths=paths))
-    client = MlflowClient(tracking.tracking_uri(cfg))
-    client.set_tag(result.run_id, "mlflow.parentRunId", challenger.run_id)
-    client.set_tag(result.run_id, "retrain.seed", str(seed))
-    client.update_run(result.run_id, name=f"retrain-seed{seed}")
+    tracking.adopt_as_child(
+        cfg, result.run_id, challenger.run_id, f"retrain-seed{seed}", {"retrain.seed": str(seed)}
+    )
     version = f"{challenger.version} seed {seed}, unregistered"
     return evaluated(cfg, result.weights, scratch / f"seed{seed}", version, result.run_id, data_hash)
 

@@ -183,11 +183,9 @@ class Point:
 
 
 def train_and_measure(cfg: PipelineConfig, fraction: float, images: list[Path], parent_id: str) -> Point:
-    from mlflow import MlflowClient
-
     sub = subset_config(cfg, images, Artifacts.of(cfg).scaling.subset(fraction), f"scaling-{fraction:g}")
     result = train_stage.run(sub)
-    MlflowClient(tracking.tracking_uri(cfg)).set_tag(result.run_id, "mlflow.parentRunId", parent_id)
+    tracking.adopt_as_child(cfg, result.run_id, parent_id)
     info = read_model_info(result.weights)
     split, _ = resolve_split(Path(sub.paths.prepared), "val")
     metrics = validate(sub, result.weights, split, info, Path(sub.paths.train_report) / "val")

@@ -213,6 +213,16 @@ def test_close_mosaic_reason_names_its_real_share(epochs, expected, words):
     assert value == expected and words in reason
 
 
+def test_warmup_keeps_a_short_run_from_starting_at_full_rate_without_eating_it():
+    """The 5 % cap gave 1 epoch at 20 and lost to 3 epochs on every seed (benchmark_plans)."""
+    assert (
+        rules.warmup_rule(10, 20)[0] == 3.0 and "capped at 15% of 20 epochs" in rules.warmup_rule(10, 20)[1]
+    )
+    assert rules.warmup_rule(5, 10)[0] == 1.5
+    assert rules.warmup_rule(10, 300) == (10, "sensor default 10 (guide 4.3, 5.4.5)")
+    assert rules.warmup_rule(10, 2)[0] == 1.0  # never under one epoch
+
+
 def test_patience_never_stops_a_short_from_scratch_run_in_its_noise_phase():
     """The guide's 30 % would give 6 at 20 epochs: the benchmark saw that fire on noise."""
     assert rules.patience_rule(20, 0.3)[0] == 20 and "the whole run" in rules.patience_rule(20, 0.3)[1]
