@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,29 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 RUN_ATTR = "mlflow_run_id"  # trial user attribute: the MLflow run of the trial's job
 PRUNED_EPOCH_ATTR = "pruned_epoch"
+TAG_WRITE_ATTEMPTS = 3  # a tag write that loses a race with another worker is retried
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 def client_for(tracking_uri: str | None) -> MlflowClient:
+    """A client whose tag writes survive the other workers of the study writing the same tag."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri)
+    class SharedStudyClient(MlflowClient):
+        def set_tag(self, run_id: str, key: str, value: Any, synchronous: bool | None = None):
+            """Workers that finish together summarise the shared parent run (and mark the trial
+            runs) at the same moment: on PostgreSQL two first writes of one tag both INSERT, and
+            the loser gets a unique-key error. The row exists by then, so writing again updates it."""
+            for attempt in range(TAG_WRITE_ATTEMPTS):
+                try:
+                    return super().set_tag(run_id, key, value, synchronous=synchronous)
+                except MlflowException:
+                    if attempt == TAG_WRITE_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+
+    return SharedStudyClient(tracking_uri)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
