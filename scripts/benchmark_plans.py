@@ -21,6 +21,11 @@ t-test on mAP50-95, p < 0.05) and the paired bootstrap interval of its F1 differ
 the test images (at the evaluate stage's thresholds; images and both sides' seeds resampled, as
 `retrain` decides); writes plans.json and plans.png to --out.
 
+Each finished trial is also appended to --out/trials.jsonl. A rerun with the same --out reuses every
+trial whose training would be the same (the prepared data, the seed and every value Ultralytics gets,
+so a changed rule retrains `auto` and nothing else): a killed benchmark resumes where it stopped, and
+`--seeds 5` after `--seeds 3` trains only seeds 3 and 4.
+
     PYTHONPATH=. .venv/bin/python scripts/benchmark_plans.py [--datasets thermal_dogs_people bccd
         synthetic_thermal] [--configs defaults template auto ...] [--seeds 3] [--epochs 20]
         [--imgsz 128] [--batch 16] [--out reports/plans]
@@ -31,6 +36,9 @@ The real datasets need ../shared (conf/data points there).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -40,8 +48,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from pipeline.core.artifacts import Artifacts
 from pipeline.core.compose import compose_config
 from pipeline.core.io import write_json
+from pipeline.core.prepared import read_dataset_hash
+from pipeline.core.rules import resolve_plan
 from pipeline.data import analyze, prepare
 from pipeline.evaluate import results
 from pipeline.evaluate import stage as evaluate_stage
@@ -142,27 +153,61 @@ def prepared_base(root: Path, dataset: str, budget: list[str]) -> list[str]:
     return base
 
 
-def train_one(
-    root: Path,
-    base: list[str],
-    dataset: str,
-    config: str,
-    seed: int,
-    epochs: int,
-    teacher: Path | None = None,
-) -> Trial:
+def trial_config(root: Path, base: list[str], dataset: str, config: str, seed: int, teacher: Path | None):
     sensor = DATASETS[dataset][2]
     folder = trial_folder(root, config, seed)
     paths = [f"paths.{key}={folder / key}" for key in ("train", "train_report", "evaluation")]
     classes = len(compose_config(base).classes.names)
-    cfg = compose_config([*base, *overrides_for(config, sensor, classes, teacher), f"seed={seed}", *paths])
+    return compose_config([*base, *overrides_for(config, sensor, classes, teacher), f"seed={seed}", *paths])
+
+
+def trial_key(cfg, dataset: str) -> str:
+    """What makes two trials one training: the prepared data, and every value Ultralytics gets (the
+    resolved plan, so a rule change retrains `auto` while `defaults` is reused; a distill trial's
+    teacher lives in a temporary folder, so it never is)."""
+    plan = resolve_plan(cfg, train_stage.read_facts(cfg))
+    arguments = train_stage.train_arguments(cfg, plan, Path("data.yaml"), Path("run"))
+    fixed = {k: v for k, v in arguments.items() if k not in ("data", "project", "name")}
+    relevant = fixed | {
+        "model": cfg.model.name,
+        "dataset": dataset,
+        "data": read_dataset_hash(Artifacts.of(cfg).dataset),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_one(cfg, dataset: str, config: str, epochs: int) -> Trial:
     start = time.perf_counter()
     result = train_stage.run(cfg)
     evaluation = evaluate_stage.run(cfg)  # the test split (val when there is none), as the stage scores
     score = float(results.metrics_json(evaluation)["mAP50-95"] or 0.0)
     counts = {name: list(c) for name, *c in evaluation.image_counts}
     ran, seconds = result.epochs_completed, time.perf_counter() - start
-    return Trial(dataset, config, seed, evaluation.split, score, ran, ran < epochs, seconds, counts)
+    return Trial(dataset, config, cfg.seed, evaluation.split, score, ran, ran < epochs, seconds, counts)
+
+
+def finished_trials(path: Path) -> dict[str, dict]:
+    """Trials an earlier run of this --out finished, by key; a line torn by a kill is skipped."""
+    if not path.exists():
+        return {}
+    done = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            print(f"{path}:{number}: not a whole trial (a kill mid-write?); it is trained again")
+            continue
+        done[record.pop("key")] = record
+    return done
+
+
+def append_trial(path: Path, key: str, trial: Trial) -> None:
+    """One line per finished trial, on disk before the next starts: a kill loses one training."""
+    torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+    with path.open("a", encoding="utf-8") as stream:
+        stream.write("\n" * bool(torn) + json.dumps({"key": key, **asdict(trial)}) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def trial_folder(root: Path, config: str, seed: int) -> Path:
@@ -173,7 +218,8 @@ def train_teacher(root: Path, base: list[str], dataset: str, model: str, epochs:
     """The distill configuration's teacher: `model` with the auto plan for `epochs` epochs, seed 0;
     its score and its best checkpoint."""
     budget = [o for o in base if not o.startswith("train.epochs=")] + [f"train.epochs={epochs}"]
-    trial = train_one(root, [*budget, f"model={model}"], dataset, "teacher", 0, epochs)
+    cfg = trial_config(root, [*budget, f"model={model}"], dataset, "teacher", 0, None)
+    trial = train_one(cfg, dataset, "teacher", epochs)
     print(
         f"{dataset} teacher {model}, {epochs} epochs: mAP50-95 {trial.map50_95:.4f} ({trial.seconds:.0f} s)"
     )
@@ -310,6 +356,9 @@ def main() -> None:
     budget = [f"train.epochs={args.epochs}", f"train.imgsz={args.imgsz}", f"train.batch={args.batch}"]
     trials: list[Trial] = []
     teachers: list[Trial] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    journal = args.out / "trials.jsonl"
+    done = finished_trials(journal)
     for dataset in args.datasets:
         with tempfile.TemporaryDirectory(prefix=f"plans-{dataset}-") as tmp:
             base = prepared_base(Path(tmp), dataset, budget)
@@ -320,13 +369,17 @@ def main() -> None:
                 teachers.append(trial)
             for config in args.configs:
                 for seed in range(args.seeds):
-                    trials.append(train_one(Path(tmp), base, dataset, config, seed, args.epochs, teacher))
-                    last = trials[-1]
-                    print(
-                        f"{dataset} {config} seed {seed}: mAP50-95 {last.map50_95:.4f} ({last.seconds:.0f} s)"
-                    )
+                    cfg = trial_config(Path(tmp), base, dataset, config, seed, teacher)
+                    key = trial_key(cfg, dataset)
+                    if key in done:
+                        trial, how = Trial(**done[key]), f"from {journal}"
+                    else:
+                        trial = train_one(cfg, dataset, config, args.epochs)
+                        append_trial(journal, key, trial)
+                        how = f"{trial.seconds:.0f} s"
+                    trials.append(trial)
+                    print(f"{dataset} {config} seed {seed}: mAP50-95 {trial.map50_95:.4f} ({how})")
     rows = summary(trials)
-    args.out.mkdir(parents=True, exist_ok=True)
     write_json(
         args.out / "plans.json",
         {

@@ -124,11 +124,16 @@ def class_image_counts(table: LabelTable, num_classes: int) -> np.ndarray:
 
 def dataset_facts(train: SplitData, num_classes: int) -> DatasetFacts:
     width, height = box_pixels(train)
+    sides = np.sqrt(width * height)
+    relative = sides * training_scale(train, 1)  # box side / its frame's long side
+    # inverted_cdf: each percentile is a real box, so the share under a size is exact to 1 %
+    percentiles = np.percentile(relative, np.arange(101), method="inverted_cdf") if relative.size else []
     return DatasetFacts(
         train_images=len(train.table.files),
         class_images=tuple(int(n) for n in class_image_counts(train.table, num_classes)),
-        fraction_small=fraction_below(np.sqrt(width * height), rules.SMALL_OBJECT_PX),
+        fraction_small=fraction_below(sides, rules.SMALL_OBJECT_PX),
         max_side=int(train.sizes.max()),
+        relative_sides=tuple(round(float(q), 6) for q in percentiles),
     )
 
 

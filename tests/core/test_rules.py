@@ -25,15 +25,26 @@ def test_rgb_epochs_follow_table_25(classes, table25):
     assert rules.epochs_for_classes(250, 80, classes)[0] == table25
 
 
+def sensor(name: str):
+    return compose_config([f"sensor={name}"]).sensor
+
+
 @pytest.mark.parametrize(
     ("classes", "rgb", "thermal"),
     [(1, 0.010, 0.008), (5, 0.008, 0.006), (10, 0.006, 0.005), (20, 0.004, 0.003)],
 )
 def test_lr0_follows_table_26(classes, rgb, thermal):
     # Table 26 rounds 0.01/sqrt(C/3) to one significant digit, so allow that rounding.
-    assert rules.lr0_rule(0.01, 1.0, classes, "rgb")[0] == pytest.approx(rgb, abs=6e-4)
-    assert rules.lr0_rule(0.01, 0.8, classes, "thermal")[0] == pytest.approx(thermal, abs=7e-4)
-    assert rules.lr0_rule(0.01, 0.8, classes, "thermal")[0] < rules.lr0_rule(0.01, 1.0, classes, "rgb")[0]
+    assert rules.lr0_rule(sensor("rgb"), classes, "SGD")[0] == pytest.approx(rgb, abs=6e-4)
+    assert rules.lr0_rule(sensor("thermal"), classes, "SGD")[0] == pytest.approx(thermal, abs=7e-4)
+
+
+@pytest.mark.parametrize("classes", [1, 5, 20])
+def test_adaptive_optimizers_skip_the_thermal_lr_factor_and_say_why(classes):
+    sgd = rules.lr0_rule(sensor("thermal"), classes, "SGD")[0]
+    adamw, reason = rules.lr0_rule(sensor("thermal"), classes, "AdamW")
+    assert adamw == rules.lr0_rule(sensor("rgb"), classes, "AdamW")[0] > sgd
+    assert "not applied" in reason and "synthetic_thermal" in reason
 
 
 @pytest.mark.parametrize(
@@ -82,9 +93,10 @@ def test_batch_comes_from_the_hardware_table_and_scales_with_area():
 
 
 def test_explain_example_from_the_issue():
-    cfg = compose_config(["sensor=thermal", "classes.names=[a,b,c,d,e]", "hardware.max_epochs=null"])
+    sgd = "train.optimizer=SGD"
+    cfg = compose_config(["sensor=thermal", "classes.names=[a,b,c,d,e]", "hardware.max_epochs=null", sgd])
     plan = resolve_plan(cfg)
-    rgb = resolve_plan(compose_config(["sensor=rgb", "classes.names=[a,b,c,d,e]"]))
+    rgb = resolve_plan(compose_config(["sensor=rgb", "classes.names=[a,b,c,d,e]", sgd]))
     assert plan.value("epochs") == 935
     assert "600 + 150 x sqrt(5)" in next(d.reason for d in plan.decisions if d.key == "epochs")
     assert plan.value("lr0") < rgb.value("lr0")
@@ -99,6 +111,16 @@ def test_thermal_augmentation_has_no_colour_and_no_mixup():
 def test_small_object_datasets_get_gentler_scale_and_mosaic():
     plan = resolve_plan(compose_config(["sensor=rgb"]), facts(fraction_small=0.4))
     assert plan.value("scale") == 0.3 and plan.value("mosaic") == 0.7 and plan.value("copy_paste") == 0.4
+
+
+def test_small_object_settings_follow_the_size_the_network_sees():
+    # Every box is a tenth of its frame: 128 px at 1280, 12.8 px at 128 (under 64).
+    large_at_source = DatasetFacts(5000, (2500, 2500, 2500), 0.0, 1280, relative_sides=(0.1,) * 101)
+    at_128 = resolve_plan(compose_config(["sensor=rgb", "train.imgsz=128"]), large_at_source)
+    at_1280 = resolve_plan(compose_config(["sensor=rgb", "train.imgsz=1280"]), large_at_source)
+    assert (at_128.value("scale"), at_128.value("mosaic"), at_128.value("copy_paste")) == (0.3, 0.7, 0.4)
+    assert "100% of objects under 64 px at 128 px" in at_128.decision("scale").reason
+    assert at_1280.value("scale") == compose_config(["sensor=rgb"]).sensor.augmentation["scale"]
 
 
 @pytest.mark.parametrize("key", ["hsv_h", "hsv_s", "mixup"])

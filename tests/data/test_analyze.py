@@ -100,6 +100,9 @@ def test_hand_built_statistics_at_an_explicit_image_size(tmp_path, hand_built):
     assert train.fraction_small == pytest.approx(2 / 7, abs=1e-6)  # 16 and 32; 64 is not under 64
     assert train.fraction_tiny == pytest.approx(1 / 7, abs=1e-6)
     assert train.fraction_small_source == pytest.approx(4 / 7, abs=1e-6)  # 5, 20, 50, 20 source px
+    # the plan's facts give the same shares at any size, to the percentile
+    assert result.facts.fraction_small_at(320) == pytest.approx(train.fraction_small, abs=0.01)
+    assert result.facts.fraction_small_at(1280) == 0.0  # 4x the sizes at 320: the smallest is 64
     assert train.max_side == 200
     assert train.boxes_per_image["max"] == 3 and train.boxes_per_image["mean"] == pytest.approx(7 / 5)
     assert train.aspect_ratio["median"] == pytest.approx(1.0)  # b's 1.0x1.0 box is 200x100 px: 2.0
@@ -116,7 +119,13 @@ def test_auto_image_size_comes_from_source_facts_and_buckets_follow_it(tmp_path,
     result = analyze.measure(compose_config(overrides(tmp_path, "train.imgsz=auto")))
     train = result.splits[0]
     # 4/7 under 64 px at the source: Algorithm 4 asks 1920, capped at the 200 px frames -> 224.
-    assert result.facts == DatasetFacts(5, (3, 1), round(4 / 7, 6), 200)
+    facts = result.facts
+    assert (facts.train_images, facts.class_images, facts.fraction_small, facts.max_side) == (
+        5,
+        (3, 1),
+        round(4 / 7, 6),
+        200,
+    )
     assert result.imgsz == 224
     # x2.24 for 100 px frames (11.2, 44.8, 112, 224), x1.12 for b (22.4, 112, 158.4)
     assert train.size_buckets == {

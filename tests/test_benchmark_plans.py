@@ -1,0 +1,64 @@
+"""scripts/benchmark_plans.py's journal: which trials count as the same training, and what a kill
+mid-write leaves (the benchmark itself trains for hours; its figures are in the README)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_plans.py"
+BUDGET = ["train.epochs=20", "train.imgsz=128", "train.batch=16"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_plans", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bp = load_script()
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plans")
+    base = bp.prepared_base(root, "synthetic_thermal", BUDGET)
+
+    def of(config: str, seed: int = 0) -> str:
+        cfg = bp.trial_config(root, base, "synthetic_thermal", config, seed, None)
+        return bp.trial_key(cfg, "synthetic_thermal")
+
+    return of
+
+
+def test_trials_that_train_the_same_share_a_key(key):
+    assert key("auto") == key("auto")
+    # at 20 epochs under AdamW the plan's lr0 (0.01) and warmup (3) are Ultralytics' own values,
+    # so these two ablations ARE auto
+    assert key("no_lr_scaling") == key("no_warmup_rule") == key("auto")
+
+
+def test_a_different_plan_or_seed_is_another_training(key):
+    assert (
+        len({key("auto"), key("defaults"), key("template"), key("no_close_mosaic_rule"), key("auto", 1)}) == 5
+    )
+
+
+def trial(config: str, score: float):
+    return bp.Trial("synthetic_thermal", config, 0, "test", score, 20, False, 1.0, {"a.jpg": [1, 0, 0]})
+
+
+def test_a_line_torn_by_a_kill_is_trained_again_and_the_next_one_is_whole(tmp_path):
+    journal = tmp_path / "trials.jsonl"
+    bp.append_trial(journal, "k1", trial("auto", 0.4))
+    with journal.open("a", encoding="utf-8") as stream:
+        stream.write('{"key": "k2", "dataset": "synth')  # what a SIGKILL mid-write leaves
+    bp.append_trial(journal, "k3", trial("defaults", 0.3))
+    done = bp.finished_trials(journal)
+    assert list(done) == ["k1", "k3"]
+    assert bp.Trial(**done["k1"]) == trial("auto", 0.4) and bp.Trial(**done["k3"]) == trial("defaults", 0.3)
