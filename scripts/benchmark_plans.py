@@ -372,7 +372,8 @@ def main() -> None:
                     cfg = trial_config(Path(tmp), base, dataset, config, seed, teacher)
                     key = trial_key(cfg, dataset)
                     if key in done:
-                        trial, how = Trial(**done[key]), f"from {journal}"
+                        # the same training may have run under another name (an ablation that is auto)
+                        trial, how = Trial(**done[key] | {"config": config}), f"from {journal}"
                     else:
                         trial = train_one(cfg, dataset, config, args.epochs)
                         append_trial(journal, key, trial)
