@@ -167,7 +167,9 @@ def trial_key(cfg, dataset: str) -> str:
     teacher lives in a temporary folder, so it never is)."""
     plan = resolve_plan(cfg, train_stage.read_facts(cfg))
     arguments = train_stage.train_arguments(cfg, plan, Path("data.yaml"), Path("run"))
-    fixed = {k: v for k, v in arguments.items() if k not in ("data", "project", "name")}
+    # 8 and 8.0 epochs of warmup are one training: numbers are compared as floats
+    number = lambda v: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v  # noqa: E731
+    fixed = {k: number(v) for k, v in arguments.items() if k not in ("data", "project", "name")}
     relevant = fixed | {
         "model": cfg.model.name,
         "dataset": dataset,
@@ -276,7 +278,7 @@ def verdict(row: dict, auto_mean: float) -> str:
         return "-"
     if row["p_vs_auto"] is None:
         return "no test (one seed, or no spread)"
-    side = "above" if row["mean"] > auto_mean else "below"
+    side = "above" if row["mean"] > auto_mean else "below" if row["mean"] < auto_mean else "equal to"
     noise = "beyond the seed noise" if row["p_vs_auto"] < 0.05 else "within the seed noise"
     return f"{side} auto, {noise} (p={row['p_vs_auto']:.2f})"
 

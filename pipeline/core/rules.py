@@ -8,7 +8,6 @@ the config always wins over `auto`. `analyze` and `train` both resolve through `
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,17 +15,16 @@ from typing import Any
 from pipeline.core.config import AUGMENTATION_KEYS, HardwareConfig, PipelineConfig, SensorConfig
 from pipeline.core.config_checks import AUTO, SCALES
 from pipeline.core.errors import GuardrailError
-from pipeline.core.io import read_json
+from pipeline.core.facts import SMALL_OBJECT_PX, DatasetFacts
 
 # The sensor-specific tables (Table 10's epoch column, patience fraction, per-class image need) are
 # in conf/sensor/<name>.yaml, so a new sensor is YAML only.
 EPOCH_BUFFER = 1.15  # Table 10 note: set config epochs 15-20 % above the expected convergence
-# Warmup never takes more of a run than this; 5 % was measured worse at 20 epochs (benchmark_plans).
-WARMUP_MAX_FRACTION = 0.15
+# Warmup never takes more of a run than this; at 20 epochs 5 % and 15 % were measured worse (benchmark_plans).
+WARMUP_MAX_FRACTION = 0.4
 # Table 5 minimum images per scale, and Algorithm 3's dataset-based ceiling.
 SCALE_MIN_IMAGES = {"n": 1500, "s": 3000, "m": 6000, "l": 10000, "x": 15000}
 SCALE_CEILING = ((3000, "n"), (8000, "s"), (15000, "m"))
-SMALL_OBJECT_PX = 64  # Algorithm 4 uses the share of objects under 64 px
 SMALL_OBJECT_AUGMENTATION = {"scale": 0.3, "mosaic": 0.7, "copy_paste": 0.4}  # section 13.4.1
 # From this share of objects under 64 px on: Algorithm 4's first step up from 640 px, where small
 # objects start to matter (not "dominate", which is its 0.5 step).
@@ -39,25 +37,6 @@ SEVERE_IMBALANCE = 5.0  # 17.1: max/min instances above 5 is severe
 # Ultralytics' optimizers that scale each step by a running gradient magnitude.
 ADAPTIVE_OPTIMIZERS = {"adam", "adamw", "nadam", "radam", "adamax"}
 CLASS_WEIGHT_POWER = 0.5  # Ultralytics cls_pw when the imbalance is severe (guide 14.2)
-
-
-@dataclass(frozen=True)
-class DatasetFacts:
-    """What `analyze` measured that the rules need (all counts on the training split)."""
-
-    train_images: int
-    class_images: tuple[int, ...]  # images containing each class
-    fraction_small: float  # share of boxes under 64 px at the source resolution
-    max_side: int  # longest side of the source frames, px
-    # Percentiles 0..100 of box side / its frame's long side: the share of small boxes at any
-    # training size (Ultralytics resizes the long side to imgsz). Empty in analyses made before it.
-    relative_sides: tuple[float, ...] = ()
-
-    def fraction_small_at(self, imgsz: int) -> float:
-        """Share of boxes under SMALL_OBJECT_PX once the frames are resized to imgsz (to 1 %)."""
-        if not self.relative_sides:
-            return self.fraction_small
-        return bisect.bisect_left(self.relative_sides, SMALL_OBJECT_PX / imgsz) / len(self.relative_sides)
 
 
 @dataclass(frozen=True)
@@ -164,8 +143,9 @@ def warmup_rule(sensor_warmup: float, epochs: int) -> tuple[float, str]:
         return sensor_warmup, f"sensor default {sensor_warmup:g} (guide 4.3, 5.4.5)"
     return cap, (
         f"sensor default {sensor_warmup:g} capped at {WARMUP_MAX_FRACTION:.0%} of {epochs} epochs: at 20 "
-        "epochs from scratch a 1-epoch warmup (5 %) scored 0.414 +- 0.018 mAP50-95 on synthetic_thermal, "
-        "3 epochs (15 %) 0.447 +- 0.006 (3 seeds each; scripts/benchmark_plans.py, README Training)"
+        "epochs from scratch, warmup 3 / 8 epochs scored 0.242 / 0.274 mAP50-95 on bccd, 0.463 / 0.502 on "
+        "synthetic_thermal, 0.106 / 0.122 on thermal_dogs_people (5 seeds each; 1 epoch was worse still; "
+        "scripts/benchmark_plans.py, README Training)"
     )
 
 
@@ -409,21 +389,6 @@ def collect_warnings(
                 f"{decisions['imgsz'].value} px): expect CUDA out of memory"
             )
     return warnings
-
-
-def facts_from_dict(payload: dict[str, Any]) -> DatasetFacts:
-    return DatasetFacts(
-        train_images=int(payload["train_images"]),
-        class_images=tuple(int(n) for n in payload["class_images"]),
-        fraction_small=float(payload["fraction_small"]),
-        max_side=int(payload["max_side"]),
-        relative_sides=tuple(float(q) for q in payload.get("relative_sides", ())),
-    )
-
-
-def load_facts(path) -> DatasetFacts:
-    """The `facts` block of analyze's recommendations.json."""
-    return facts_from_dict(read_json(path)["facts"])
 
 
 def imbalance_ratio(instances: dict[str, int]) -> float | None:

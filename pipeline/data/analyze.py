@@ -6,7 +6,7 @@ aspect ratios, and object sizes in pixels at the training image size, bucketed a
 Algorithm 4 through `rules.resolve_plan`, fed by the share of small objects measured at the SOURCE
 resolution (the size must be known before sizes at it can be). Training values come from the same
 `resolve_plan` that `train` calls, so the two never disagree. `recommendations.json` carries the
-`facts` block `train` reads with `rules.load_facts`.
+`facts` block `train` reads with `facts.load_facts`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def write_outputs(cfg: PipelineConfig, result: AnalyzeResult) -> None:
 
 
 def recommendations_payload(cfg: PipelineConfig, result: AnalyzeResult) -> dict:
-    """`facts` holds exactly the DatasetFacts fields: `train` reads it with rules.load_facts."""
+    """`facts` holds exactly the DatasetFacts fields: `train` reads it with facts.load_facts."""
     return {
         "facts": {**dataclasses.asdict(result.facts), "class_images": list(result.facts.class_images)},
         "classes": list(cfg.classes.names),

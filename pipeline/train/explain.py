@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from pipeline.core.compose import compose_config
-from pipeline.core.rules import load_facts, resolve_plan
+from pipeline.core.facts import load_facts
+from pipeline.core.rules import resolve_plan
 
 
 def main(argv: list[str], prog: str = "explain", command: str = "explain") -> int:

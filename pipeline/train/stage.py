@@ -23,11 +23,12 @@ from pipeline.core.artifacts import Artifacts, TrainRun
 from pipeline.core.cli import stage_parser
 from pipeline.core.config import PipelineConfig, load_params, to_flat_dict
 from pipeline.core.errors import PipelineError
+from pipeline.core.facts import DatasetFacts, load_facts
 from pipeline.core.faults import is_main_rank
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.lineage import git_state, overrides_against_defaults, package_versions
 from pipeline.core.prepared import read_dataset_hash
-from pipeline.core.rules import DatasetFacts, Plan, batch_rule, load_facts, resolve_plan
+from pipeline.core.rules import Plan, batch_rule, resolve_plan
 from pipeline.core.yolo import import_ultralytics
 from pipeline.train.callbacks import EpochLogger, epoch_rows, logged_steps
 from pipeline.train.distill import teacher_arguments, teacher_lineage

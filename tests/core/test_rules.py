@@ -236,11 +236,12 @@ def test_close_mosaic_reason_names_its_real_share(epochs, expected, words):
 
 
 def test_warmup_keeps_a_short_run_from_starting_at_full_rate_without_eating_it():
-    """The 5 % cap gave 1 epoch at 20 and lost to 3 epochs on every seed (benchmark_plans)."""
+    """Caps of 5 % and 15 % (1 and 3 epochs at 20) lost to 8 epochs (benchmark_plans)."""
     assert (
-        rules.warmup_rule(10, 20)[0] == 3.0 and "capped at 15% of 20 epochs" in rules.warmup_rule(10, 20)[1]
+        rules.warmup_rule(10, 20)[0] == 8.0 and "capped at 40% of 20 epochs" in rules.warmup_rule(10, 20)[1]
     )
-    assert rules.warmup_rule(5, 10)[0] == 1.5
+    assert rules.warmup_rule(8, 20) == (8, "sensor default 8 (guide 4.3, 5.4.5)")
+    assert rules.warmup_rule(5, 10)[0] == 4.0
     assert rules.warmup_rule(10, 300) == (10, "sensor default 10 (guide 4.3, 5.4.5)")
     assert rules.warmup_rule(10, 2)[0] == 1.0  # never under one epoch
 

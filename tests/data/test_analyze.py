@@ -13,7 +13,7 @@ from PIL import Image
 from pipeline.core.artifacts import ANALYSIS_PLOTS
 from pipeline.core.compose import compose_config, write_params
 from pipeline.core.errors import DataError, MissingDependencyError
-from pipeline.core.rules import DatasetFacts, load_facts
+from pipeline.core.facts import DatasetFacts, load_facts
 from pipeline.data import analyze, synthetic
 from pipeline.data.labels import read_labels
 from tests.conftest import require_shared_dataset
