@@ -167,15 +167,18 @@ def trial_key(cfg, dataset: str) -> str:
     teacher lives in a temporary folder, so it never is)."""
     plan = resolve_plan(cfg, train_stage.read_facts(cfg))
     arguments = train_stage.train_arguments(cfg, plan, Path("data.yaml"), Path("run"))
-    # 8 and 8.0 epochs of warmup are one training: numbers are compared as floats
-    number = lambda v: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v  # noqa: E731
-    fixed = {k: number(v) for k, v in arguments.items() if k not in ("data", "project", "name")}
+    fixed = {k: as_float(v) for k, v in arguments.items() if k not in ("data", "project", "name")}
     relevant = fixed | {
         "model": cfg.model.name,
         "dataset": dataset,
         "data": read_dataset_hash(Artifacts.of(cfg).dataset),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def as_float(value):
+    """8 and 8.0 epochs of warmup are one training: numbers are compared as floats."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def train_one(cfg, dataset: str, config: str, epochs: int) -> Trial:
@@ -205,11 +208,17 @@ def finished_trials(path: Path) -> dict[str, dict]:
 
 def append_trial(path: Path, key: str, trial: Trial) -> None:
     """One line per finished trial, on disk before the next starts: a kill loses one training."""
-    torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+    torn = path.exists() and path.stat().st_size > 0 and last_byte(path) != b"\n"
     with path.open("a", encoding="utf-8") as stream:
         stream.write("\n" * bool(torn) + json.dumps({"key": key, **asdict(trial)}) + "\n")
         stream.flush()
         os.fsync(stream.fileno())
+
+
+def last_byte(path: Path) -> bytes:
+    with path.open("rb") as stream:
+        stream.seek(-1, os.SEEK_END)
+        return stream.read(1)
 
 
 def trial_folder(root: Path, config: str, seed: int) -> Path:

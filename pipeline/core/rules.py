@@ -265,11 +265,7 @@ def resolve_plan(cfg: PipelineConfig, facts: DatasetFacts | None = None) -> Plan
     decide("device", AUTO, lambda: (hw.device, device_reason(hw)))
     decide("amp", t.amp, lambda: (hw.amp, f"profile {hw.name}"))
     decide("cache", t.cache, lambda: cache_rule(cfg, imgsz, facts))
-    decide(
-        "lr0",
-        t.lr0,
-        lambda: lr0_rule(cfg.sensor, classes, t.optimizer),
-    )
+    decide("lr0", t.lr0, lambda: lr0_rule(cfg.sensor, classes, t.optimizer))
     decide("warmup_epochs", t.warmup_epochs, lambda: warmup_rule(cfg.sensor.warmup_epochs, epochs))
     decide("close_mosaic", t.close_mosaic, lambda: close_mosaic_rule(epochs))
     decide("cls_pw", t.cls_pw, lambda: class_weight_rule(facts))
