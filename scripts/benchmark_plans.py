@@ -13,7 +13,9 @@ none; the split is printed):
   model (`--teacher-model`, yolo11s) trained once per dataset with the auto plan for
   `--teacher-epochs` (3x the budget), seed 0; the teacher's own score is printed beside;
 - `no_<group>`: the auto plan with one group of rules set back to Ultralytics' defaults
-  (small-object augmentation, lr scaling, warmup, patience, close_mosaic, the sensor's augmentation).
+  (small-object augmentation, lr scaling, warmup, patience, close_mosaic, the sensor's augmentation);
+- each `--variant NAME OVERRIDE...`: the auto plan with those Hydra overrides, to test a rule idea at
+  the same budget before changing the rule (`--variant close_mosaic_5 train.close_mosaic=5`).
 
 Prints mean and standard deviation of mAP50-95 over the seeds, how often early stopping fired, and
 for each configuration whether its difference from `auto` is larger than the seed noise (Welch's
@@ -28,7 +30,7 @@ so a changed rule retrains `auto` and nothing else): a killed benchmark resumes 
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_plans.py [--datasets thermal_dogs_people bccd
         synthetic_thermal] [--configs defaults template auto ...] [--seeds 3] [--epochs 20]
-        [--imgsz 128] [--batch 16] [--out reports/plans]
+        [--imgsz 128] [--batch 16] [--out reports/plans] [--variant NAME OVERRIDE... ...]
 
 The real datasets need ../shared (conf/data points there).
 """
@@ -104,12 +106,15 @@ def ultralytics_adamw_lr(classes: int) -> float:
     return round(0.002 * 5 / (4 + classes), 6)
 
 
-def overrides_for(config: str, sensor: str, classes: int, teacher: Path | None = None) -> list[str]:
-    """Hydra overrides that turn the auto plan into `config` (`teacher`: the distill config's)."""
+def overrides_for(
+    config: str, sensor: str, classes: int, named: dict[str, list[str]] | None = None
+) -> list[str]:
+    """Hydra overrides that turn the auto plan into `config`; `named` holds the configurations that are
+    given as overrides (each --variant, and distill with its teacher)."""
+    if named and config in named:
+        return named[config]
     if config in ("auto", "teacher"):
         return []
-    if config == "distill":
-        return [f"train.distill.teacher={teacher}"]
     if config == "adamw_lr":
         return [f"train.lr0={ultralytics_adamw_lr(classes)}"]
     if config == "defaults":
@@ -153,12 +158,14 @@ def prepared_base(root: Path, dataset: str, budget: list[str]) -> list[str]:
     return base
 
 
-def trial_config(root: Path, base: list[str], dataset: str, config: str, seed: int, teacher: Path | None):
+def trial_config(
+    root: Path, base: list[str], dataset: str, config: str, seed: int, named: dict | None = None
+):
     sensor = DATASETS[dataset][2]
     folder = trial_folder(root, config, seed)
     paths = [f"paths.{key}={folder / key}" for key in ("train", "train_report", "evaluation")]
     classes = len(compose_config(base).classes.names)
-    return compose_config([*base, *overrides_for(config, sensor, classes, teacher), f"seed={seed}", *paths])
+    return compose_config([*base, *overrides_for(config, sensor, classes, named), f"seed={seed}", *paths])
 
 
 def trial_key(cfg, dataset: str) -> str:
@@ -229,7 +236,7 @@ def train_teacher(root: Path, base: list[str], dataset: str, model: str, epochs:
     """The distill configuration's teacher: `model` with the auto plan for `epochs` epochs, seed 0;
     its score and its best checkpoint."""
     budget = [o for o in base if not o.startswith("train.epochs=")] + [f"train.epochs={epochs}"]
-    cfg = trial_config(root, [*budget, f"model={model}"], dataset, "teacher", 0, None)
+    cfg = trial_config(root, [*budget, f"model={model}"], dataset, "teacher", 0)
     trial = train_one(cfg, dataset, "teacher", epochs)
     print(
         f"{dataset} teacher {model}, {epochs} epochs: mAP50-95 {trial.map50_95:.4f} ({trial.seconds:.0f} s)"
@@ -348,6 +355,23 @@ def draw(rows: list[dict], trials: list[Trial], path: Path) -> None:
     plt.close(figure)
 
 
+def parse_variants(parser: argparse.ArgumentParser, given: list[list[str]]) -> dict[str, list[str]]:
+    """--variant NAME OVERRIDE...: a name no built-in configuration has, and at least one override."""
+    variants = {}
+    for name, *overrides in given:
+        if name in CONFIGS or name in variants or "=" in name:
+            parser.error(f"--variant {name}: the name must be new (not {', '.join(CONFIGS)}) and hold no '='")
+        bad = [o for o in overrides if "=" not in o]
+        if not overrides or bad:
+            parser.error(
+                f"--variant {name}: give one or more Hydra overrides KEY=VALUE after the name"
+                + (f" ({bad[0]!r} is not one)" if bad else "")
+                + ", e.g. --variant close_mosaic_5 train.close_mosaic=5"
+            )
+        variants[name] = overrides
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -363,7 +387,18 @@ def main() -> None:
         "--teacher-model", default="yolo11s", help="the distill config's teacher (conf/model)"
     )
     parser.add_argument("--teacher-epochs", type=int, help="the teacher's epochs (default: 3x --epochs)")
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDE"),
+        help="one more configuration: the auto plan with these Hydra overrides, e.g. "
+        "--variant close_mosaic_5 train.close_mosaic=5 (repeatable; a rule idea tested at equal budget)",
+    )
     args = parser.parse_args()
+    variants = parse_variants(parser, args.variant)
+    configs = [*args.configs, *variants]
     budget = [f"train.epochs={args.epochs}", f"train.imgsz={args.imgsz}", f"train.batch={args.batch}"]
     trials: list[Trial] = []
     teachers: list[Trial] = []
@@ -373,14 +408,15 @@ def main() -> None:
     for dataset in args.datasets:
         with tempfile.TemporaryDirectory(prefix=f"plans-{dataset}-") as tmp:
             base = prepared_base(Path(tmp), dataset, budget)
-            teacher = None
-            if "distill" in args.configs:
+            named = dict(variants)
+            if "distill" in configs:
                 epochs = args.teacher_epochs or 3 * args.epochs
                 trial, teacher = train_teacher(Path(tmp), base, dataset, args.teacher_model, epochs)
                 teachers.append(trial)
-            for config in args.configs:
+                named["distill"] = [f"train.distill.teacher={teacher}"]
+            for config in configs:
                 for seed in range(args.seeds):
-                    cfg = trial_config(Path(tmp), base, dataset, config, seed, teacher)
+                    cfg = trial_config(Path(tmp), base, dataset, config, seed, named)
                     key = trial_key(cfg, dataset)
                     if key in done:
                         # the same training may have run under another name (an ablation that is auto)

@@ -25,15 +25,20 @@ bp = load_script()
 
 
 @pytest.fixture(scope="module")
-def key(tmp_path_factory):
+def config_of(tmp_path_factory):
+    """A trial's configuration on the synthetic data, prepared once."""
     root = tmp_path_factory.mktemp("plans")
     base = bp.prepared_base(root, "synthetic_thermal", BUDGET)
+    return lambda config, seed=0, named=None: bp.trial_config(
+        root, base, "synthetic_thermal", config, seed, named
+    )
 
-    def of(config: str, seed: int = 0) -> str:
-        cfg = bp.trial_config(root, base, "synthetic_thermal", config, seed, None)
-        return bp.trial_key(cfg, "synthetic_thermal")
 
-    return of
+@pytest.fixture(scope="module")
+def key(config_of):
+    return lambda config, seed=0, named=None: bp.trial_key(
+        config_of(config, seed, named), "synthetic_thermal"
+    )
 
 
 def test_trials_that_train_the_same_share_a_key(key):
@@ -59,3 +64,28 @@ def test_a_line_torn_by_a_kill_is_trained_again_and_the_next_one_is_whole(tmp_pa
     done = bp.finished_trials(journal)
     assert list(done) == ["k1", "k3"]
     assert bp.Trial(**done["k1"]) == trial("auto", 0.4) and bp.Trial(**done["k3"]) == trial("defaults", 0.3)
+
+
+def test_a_variant_trains_the_auto_plan_with_its_overrides(key, config_of):
+    variants = bp.parse_variants(
+        bp.argparse.ArgumentParser(),
+        [["close_mosaic_5", "train.close_mosaic=5"], ["as_auto", "train.close_mosaic=2"]],
+    )
+    assert config_of("close_mosaic_5", named=variants).train.close_mosaic == 5
+    # the rule gives close_mosaic 2 at 20 epochs: that variant is auto's training, the other is not
+    assert key("as_auto", named=variants) == key("auto")
+    assert key("close_mosaic_5", named=variants) != key("auto")
+
+
+@pytest.mark.parametrize(
+    "given, complaint",
+    [
+        (["auto", "train.close_mosaic=5"], "the name must be new"),
+        (["cm5"], "give one or more Hydra overrides"),
+        (["cm5", "close_mosaic"], "'close_mosaic' is not one"),
+    ],
+)
+def test_a_variant_without_a_new_name_or_an_override_is_refused(given, complaint, capsys):
+    with pytest.raises(SystemExit):
+        bp.parse_variants(bp.argparse.ArgumentParser(), [given])
+    assert complaint in capsys.readouterr().err
