@@ -89,3 +89,14 @@ def test_a_variant_without_a_new_name_or_an_override_is_refused(given, complaint
     with pytest.raises(SystemExit):
         bp.parse_variants(bp.argparse.ArgumentParser(), [given])
     assert complaint in capsys.readouterr().err
+
+
+def test_the_goal_holds_beyond_the_noise_only_when_the_margin_is_far_above_the_spread():
+    defaults = [0.20, 0.21, 0.19, 0.20, 0.20]
+    clear = bp.goal([0.30, 0.31, 0.29, 0.30, 0.30], defaults, template=[0.25, 0.26, 0.24, 0.25, 0.25])
+    assert clear["auto_over_defaults"] == pytest.approx(1.5)
+    assert clear["p_above_goal_ratio"] < 0.001 and clear["p_above_template"] < 0.001
+    # 1.2x the defaults on the mark: no evidence it is above; a template scoring more: none either
+    on_the_mark = bp.goal([0.24, 0.25, 0.23, 0.24, 0.24], defaults, template=[0.30, 0.31, 0.29, 0.30, 0.30])
+    assert on_the_mark["p_above_goal_ratio"] == pytest.approx(0.5)
+    assert on_the_mark["p_above_template"] > 0.99 and on_the_mark["auto_minus_template"] < 0
