@@ -39,7 +39,6 @@ P2_SMALL_FRACTION = 0.5  # Algorithm 4: p_small >= 0.5 -> 1920 px "OR P2 head"
 ALGORITHM4_TOP_IMGSZ = 1920
 MIN_CLASS_IMAGES = 1000  # 14.2.4: minimum images per class regardless of dataset size
 BACKBONE_IMAGES = 3000  # eq. 21: N_backbone
-IMBALANCE_COPY_PASTE = 0.4  # 14.2.1: copy-paste augmentation for minority classes
 EDGE_PLATFORM_PREFIX = "jetson"
 
 
@@ -96,10 +95,8 @@ def data_warnings(
     names: list[str],
     facts: DatasetFacts,
     class_instances: dict[str, int],
-    copy_paste: float = 0.0,
 ) -> list[str]:
-    """Data sufficiency for from-scratch training (Table 5, 3.4.2, 14.1-14.2) and class balance (17.1).
-    `copy_paste`: the plan's, so the advice never asks for what the plan already does."""
+    """Data sufficiency for from-scratch training (Table 5, 3.4.2, 14.1-14.2) and class balance (17.1)."""
     warnings = []
     n, classes = facts.train_images, len(names)
     if n < SCALE_MIN_IMAGES["n"]:
@@ -116,7 +113,7 @@ def data_warnings(
             f"= {needed} "
             "(guide 3.4.2, eq. 20-23)"
         )
-    warnings += _class_warnings(sensor, names, facts.class_images, class_instances, copy_paste)
+    warnings += _class_warnings(sensor, names, facts.class_images, class_instances)
     return warnings
 
 
@@ -125,7 +122,6 @@ def _class_warnings(
     names: list[str],
     class_images: tuple[int, ...],
     class_instances: dict[str, int],
-    copy_paste: float,
 ) -> list[str]:
     warnings = []
     absent = [name for name in names if class_instances.get(name, 0) == 0]
@@ -135,7 +131,8 @@ def _class_warnings(
     if ratio is not None and ratio > SEVERE_IMBALANCE:
         warnings.append(
             f"severe class imbalance: {ratio:g}:1 (max/min instances > {SEVERE_IMBALANCE:g}, guide 17.1); "
-            f"collect more minority data (14.2.4){copy_paste_advice(copy_paste)}"
+            "collect more minority data (14.2.4); 14.2.1's copy-paste cannot help here: it pastes "
+            "segment polygons, and detection labels are boxes"
         )
     minority = _classes_between(names, class_images, 1, MIN_CLASS_IMAGES)
     if minority:
@@ -151,12 +148,6 @@ def _class_warnings(
             "(guide eq. 23: thermal needs 5-7x the RGB data per class)"
         )
     return warnings
-
-
-def copy_paste_advice(copy_paste: float) -> str:
-    if copy_paste >= IMBALANCE_COPY_PASTE:
-        return f"; the plan's copy_paste is {copy_paste:g} already"
-    return f" or raise copy_paste to {IMBALANCE_COPY_PASTE} (14.2.1)"
 
 
 def _classes_between(names: list[str], images: tuple[int, ...], low: int, high: int) -> str:

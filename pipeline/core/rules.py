@@ -12,6 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.augmentation import (
+    SMALL_OBJECT_SHARE,
+    augmentation_rule,
+    check_sensor_guardrails,
+    copy_paste_warning,
+)
 from pipeline.core.config import AUGMENTATION_KEYS, HardwareConfig, PipelineConfig, SensorConfig
 from pipeline.core.config_checks import AUTO, SCALES
 from pipeline.core.errors import GuardrailError
@@ -25,10 +31,6 @@ WARMUP_MAX_FRACTION = 0.4
 # Table 5 minimum images per scale, and Algorithm 3's dataset-based ceiling.
 SCALE_MIN_IMAGES = {"n": 1500, "s": 3000, "m": 6000, "l": 10000, "x": 15000}
 SCALE_CEILING = ((3000, "n"), (8000, "s"), (15000, "m"))
-SMALL_OBJECT_AUGMENTATION = {"scale": 0.3, "mosaic": 0.7, "copy_paste": 0.4}  # section 13.4.1
-# From this share of objects under 64 px on: Algorithm 4's first step up from 640 px, where small
-# objects start to matter (not "dominate", which is its 0.5 step).
-SMALL_OBJECT_SHARE = 0.2
 MAX_BATCH = 256
 PATIENCE_FLOOR = 50  # epochs: early stopping never judges a from-scratch run sooner (benchmark_plans)
 NOMINAL_BATCH = 64  # Ultralytics' nbs: gradients accumulate to 64 images per optimizer step per device
@@ -214,25 +216,6 @@ def class_weight_rule(facts: DatasetFacts | None) -> tuple[float, str]:
     )
 
 
-def augmentation_rule(
-    cfg: PipelineConfig, key: str, facts: DatasetFacts | None, imgsz: int
-) -> tuple[float, str]:
-    """The sensor's augmentation, or section 13.4.1's small-object values when enough objects are
-    small in the frames the network sees: an object large at the source is small at a low imgsz."""
-    sensor = cfg.sensor
-    small = None if facts is None else facts.fraction_small_at(imgsz)
-    if small is not None and small >= SMALL_OBJECT_SHARE and key in SMALL_OBJECT_AUGMENTATION:
-        at = f"at {imgsz} px" if facts.relative_sides else "at the source resolution"
-        return SMALL_OBJECT_AUGMENTATION[key], (
-            f"small-object setting: {small:.0%} of objects under {SMALL_OBJECT_PX} px {at}, at least "
-            f"{SMALL_OBJECT_SHARE:.0%} (guide 13.4.1)"
-        )
-    value = sensor.augmentation.get(key, 0.0)
-    if key in sensor.forbidden_augmentation:
-        return value, f"off for {sensor.name}: forbidden by guide 5.3.1"
-    return value, f"{sensor.name} default (guide {'5.3.2' if sensor.name == 'thermal' else '12.2'})"
-
-
 def max_scale_for_dataset(train_images: int) -> str:
     """Algorithm 3: the largest scale the dataset size supports."""
     return next((scale for limit, scale in SCALE_CEILING if train_images < limit), "x")
@@ -337,27 +320,6 @@ def close_mosaic_rule(epochs: int) -> tuple[int, str]:
     return value, f"mosaic off for the last {value} of {epochs} epochs ({share}; 10 % of them, at most 10)"
 
 
-def check_sensor_guardrails(cfg: PipelineConfig) -> None:
-    """Section 5.3.1: hue, saturation and mixup are physically wrong on thermal frames."""
-    if cfg.train.allow_unsafe_augmentation:
-        return
-    for key in cfg.sensor.forbidden_augmentation:
-        value = getattr(cfg.train, key)
-        if value != AUTO and value > 0:
-            raise GuardrailError(
-                f"train.{key}={value} is not allowed for sensor={cfg.sensor.name}: "
-                f"{FORBIDDEN_WHY.get(key, 'the guide forbids it for this sensor')} (guide 5.3.1). "
-                f"Set train.{key}=0 (or auto), or train.allow_unsafe_augmentation=true to override."
-            )
-
-
-FORBIDDEN_WHY = {
-    "hsv_h": "a thermal frame has no hue; shifting it invents colours the sensor cannot produce",
-    "hsv_s": "saturation is undefined for a single-channel temperature image",
-    "mixup": "blending two frames creates physically impossible temperatures",
-}
-
-
 def collect_warnings(
     cfg: PipelineConfig, facts: DatasetFacts | None, decisions: dict[str, Decision]
 ) -> list[str]:
@@ -384,7 +346,7 @@ def collect_warnings(
                 f"batch {batch.value} exceeds the {cfg.hardware.name} table ({safe} for {cfg.model.name} at "
                 f"{decisions['imgsz'].value} px): expect CUDA out of memory"
             )
-    return warnings
+    return warnings + copy_paste_warning(decisions["copy_paste"].value)
 
 
 def imbalance_ratio(instances: dict[str, int]) -> float | None:

@@ -318,8 +318,7 @@ def measure(cfg: PipelineConfig) -> AnalyzeResult:
     stats = tuple(split_statistics(split, names, imgsz) for split in splits)
     configs = model_configs(CONF_DIR / "model")
     recommendations = recommend(cfg, facts, stats[0], plan, configs)
-    copy_paste = float(plan.value("copy_paste"))
-    class_warnings = advice.data_warnings(cfg.sensor, names, facts, stats[0].class_instances, copy_paste)
+    class_warnings = advice.data_warnings(cfg.sensor, names, facts, stats[0].class_instances)
     warnings = tuple(class_warnings) + plan.warnings
     return AnalyzeResult(imgsz, facts, stats, recommendations, plan, warnings, Path(cfg.paths.analysis))
 

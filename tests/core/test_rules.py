@@ -110,7 +110,7 @@ def test_thermal_augmentation_has_no_colour_and_no_mixup():
 
 def test_small_object_datasets_get_gentler_scale_and_mosaic():
     plan = resolve_plan(compose_config(["sensor=rgb"]), facts(fraction_small=0.4))
-    assert plan.value("scale") == 0.3 and plan.value("mosaic") == 0.7 and plan.value("copy_paste") == 0.4
+    assert plan.value("scale") == 0.3 and plan.value("mosaic") == 0.7
 
 
 def test_small_object_settings_follow_the_size_the_network_sees():
@@ -118,9 +118,22 @@ def test_small_object_settings_follow_the_size_the_network_sees():
     large_at_source = DatasetFacts(5000, (2500, 2500, 2500), 0.0, 1280, relative_sides=(0.1,) * 101)
     at_128 = resolve_plan(compose_config(["sensor=rgb", "train.imgsz=128"]), large_at_source)
     at_1280 = resolve_plan(compose_config(["sensor=rgb", "train.imgsz=1280"]), large_at_source)
-    assert (at_128.value("scale"), at_128.value("mosaic"), at_128.value("copy_paste")) == (0.3, 0.7, 0.4)
+    assert (at_128.value("scale"), at_128.value("mosaic")) == (0.3, 0.7)
     assert "100% of objects under 64 px at 128 px" in at_128.decision("scale").reason
     assert at_1280.value("scale") == compose_config(["sensor=rgb"]).sensor.augmentation["scale"]
+
+
+def test_copy_paste_is_off_and_says_why_box_labels_cannot_use_it():
+    # Ultralytics' CopyPaste returns an image without segment polygons untouched; prepared labels are boxes
+    for plan in (
+        resolve_plan(compose_config(["sensor=rgb"]), facts(fraction_small=0.4)),
+        resolve_plan(compose_config([])),
+    ):
+        assert plan.value("copy_paste") == 0.0 and "segment polygons" in plan.decision("copy_paste").reason
+        assert not any("copy_paste" in w for w in plan.warnings)
+    asked = resolve_plan(compose_config(["train.copy_paste=0.4"]))
+    assert asked.value("copy_paste") == 0.4
+    assert any(w.startswith("train.copy_paste=0.4 does nothing") for w in asked.warnings)
 
 
 @pytest.mark.parametrize("key", ["hsv_h", "hsv_s", "mixup"])

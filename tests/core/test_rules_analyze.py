@@ -116,10 +116,8 @@ def test_size_buckets_are_the_guides_and_named_apart_from_cocos():
     assert names[-1] == "side_over_320px" and not {"small", "medium", "large"} & set(names)
 
 
-def test_imbalance_advice_never_asks_for_the_copy_paste_the_plan_already_uses():
+def test_imbalance_advice_does_not_ask_for_copy_paste_which_box_labels_cannot_use():
     names, instances = ["a", "b"], {"a": 60, "b": 10}
-    plain = advice.data_warnings(RGB, names, facts(50000, (5000,) * 2), instances, copy_paste=0.0)
-    assert any("raise copy_paste to 0.4" in w for w in plain)
-    small_objects = advice.data_warnings(RGB, names, facts(50000, (5000,) * 2), instances, copy_paste=0.4)
-    imbalance = next(w for w in small_objects if "severe class imbalance" in w)
-    assert "raise copy_paste" not in imbalance and "copy_paste is 0.4 already" in imbalance
+    warnings = advice.data_warnings(RGB, names, facts(50000, (5000,) * 2), instances)
+    imbalance = next(w for w in warnings if "severe class imbalance: 6:1" in w)
+    assert "collect more minority data" in imbalance and "copy-paste cannot help" in imbalance
