@@ -110,7 +110,8 @@ def test_thermal_augmentation_has_no_colour_and_no_mixup():
 
 def test_small_object_datasets_get_gentler_scale_and_mosaic():
     plan = resolve_plan(compose_config(["sensor=rgb"]), facts(fraction_small=0.4))
-    assert plan.value("scale") == 0.3 and plan.value("mosaic") == 0.7
+    assert plan.value("scale") == 0.2 and plan.value("mosaic") == 0.7
+    assert "lowered from the guide's 0.3" in plan.decision("scale").reason
 
 
 def test_small_object_settings_follow_the_size_the_network_sees():
@@ -118,7 +119,7 @@ def test_small_object_settings_follow_the_size_the_network_sees():
     large_at_source = DatasetFacts(5000, (2500, 2500, 2500), 0.0, 1280, relative_sides=(0.1,) * 101)
     at_128 = resolve_plan(compose_config(["sensor=rgb", "train.imgsz=128"]), large_at_source)
     at_1280 = resolve_plan(compose_config(["sensor=rgb", "train.imgsz=1280"]), large_at_source)
-    assert (at_128.value("scale"), at_128.value("mosaic")) == (0.3, 0.7)
+    assert (at_128.value("scale"), at_128.value("mosaic")) == (0.2, 0.7)
     assert "100% of objects under 64 px at 128 px" in at_128.decision("scale").reason
     assert at_1280.value("scale") == compose_config(["sensor=rgb"]).sensor.augmentation["scale"]
 
@@ -249,14 +250,15 @@ def test_close_mosaic_reason_names_its_real_share(epochs, expected, words):
 
 
 def test_warmup_keeps_a_short_run_from_starting_at_full_rate_without_eating_it():
-    """Caps of 5 % and 15 % (1 and 3 epochs at 20) lost to 8 epochs (benchmark_plans)."""
+    """Caps of 5 %, 15 % and 40 % (1, 3 and 8 epochs at 20) lost to 10 epochs (benchmark_plans)."""
+    assert rules.warmup_rule(10, 20) == (10, "sensor default 10 (guide 4.3, 5.4.5)")
     assert (
-        rules.warmup_rule(10, 20)[0] == 8.0 and "capped at 40% of 20 epochs" in rules.warmup_rule(10, 20)[1]
+        rules.warmup_rule(10, 16)[0] == 8.0 and "capped at 50% of 16 epochs" in rules.warmup_rule(10, 16)[1]
     )
     assert rules.warmup_rule(8, 20) == (8, "sensor default 8 (guide 4.3, 5.4.5)")
-    assert rules.warmup_rule(5, 10)[0] == 4.0
+    assert rules.warmup_rule(5, 8)[0] == 4.0
     assert rules.warmup_rule(10, 300) == (10, "sensor default 10 (guide 4.3, 5.4.5)")
-    assert rules.warmup_rule(10, 2)[0] == 1.0  # never under one epoch
+    assert rules.warmup_rule(10, 1)[0] == 1.0  # never under one epoch
 
 
 def test_patience_never_stops_a_short_from_scratch_run_in_its_noise_phase():
