@@ -256,14 +256,19 @@ def f1_interval(auto: list[Trial], group: list[Trial]) -> dict | None:
     return asdict(paired_bootstrap(side(auto), side(group)))
 
 
+def grouped(trials: list[Trial]) -> dict[str, dict[str, list[Trial]]]:
+    """Trials by dataset, then by configuration, in the order they ran."""
+    out: dict[str, dict[str, list[Trial]]] = {}
+    for trial in trials:
+        out.setdefault(trial.dataset, {}).setdefault(trial.config, []).append(trial)
+    return out
+
+
 def summary(trials: list[Trial]) -> list[dict]:
     """Per dataset and configuration: mean, sd, early stops, Welch's test against auto, and the
     paired F1 interval against auto."""
     rows = []
-    for dataset in dict.fromkeys(t.dataset for t in trials):
-        by_config: dict[str, list[Trial]] = {}
-        for trial in (t for t in trials if t.dataset == dataset):
-            by_config.setdefault(trial.config, []).append(trial)
+    for dataset, by_config in grouped(trials).items():
         auto_trials = by_config.get("auto", [])
         auto = [t.map50_95 for t in auto_trials]
         for config, group in by_config.items():
@@ -326,14 +331,12 @@ GOAL_RATIO = 1.2  # the issue's goal: auto at least the template and at least 1.
 
 def goals(trials: list[Trial]) -> dict[str, dict]:
     """goal() for each dataset with auto, defaults and template trials."""
-    out = {}
-    for dataset in dict.fromkeys(t.dataset for t in trials):
-        scores: dict[str, list[float]] = {}
-        for trial in (t for t in trials if t.dataset == dataset):
-            scores.setdefault(trial.config, []).append(trial.map50_95)
-        if {"auto", "defaults", "template"} <= set(scores):
-            out[dataset] = goal(scores["auto"], scores["defaults"], scores["template"])
-    return out
+    score = lambda group: [t.map50_95 for t in group]  # noqa: E731
+    return {
+        dataset: goal(score(by_config["auto"]), score(by_config["defaults"]), score(by_config["template"]))
+        for dataset, by_config in grouped(trials).items()
+        if {"auto", "defaults", "template"} <= set(by_config)
+    }
 
 
 def goal(auto: list[float], defaults: list[float], template: list[float]) -> dict:
@@ -454,20 +457,20 @@ def main() -> None:
                         how = f"{trial.seconds:.0f} s"
                     trials.append(trial)
                     print(f"{dataset} {config} seed {seed}: mAP50-95 {trial.map50_95:.4f} ({how})")
-    rows = summary(trials)
+    rows, goal_rows = summary(trials), goals(trials)
     write_json(
         args.out / "plans.json",
         {
             "budget": budget,
             "rows": rows,
-            "goals": goals(trials),
+            "goals": goal_rows,
             "trials": [asdict(t) for t in trials],
             "teachers": [asdict(t) | {"model": args.teacher_model} for t in teachers],
         },
     )
     draw(rows, trials, args.out / "plans.png")
     print_table(rows)
-    print_goals(goals(trials))
+    print_goals(goal_rows)
     print(f"written: {args.out / 'plans.json'}, {args.out / 'plans.png'}")
 
 
