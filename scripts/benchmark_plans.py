@@ -343,11 +343,16 @@ def goal(auto: list[float], defaults: list[float], template: list[float]) -> dic
     """The goal's two margins, and one-sided Welch tests that auto's mean is above GOAL_RATIO x the
     defaults' (their scores scaled, so their spread is too) and above the template's."""
     return {
-        "auto_over_defaults": statistics.fmean(auto) / statistics.fmean(defaults),
+        "auto_over_defaults": ratio(statistics.fmean(auto), statistics.fmean(defaults)),
         "p_above_goal_ratio": p_above(auto, [GOAL_RATIO * d for d in defaults]),
         "auto_minus_template": statistics.fmean(auto) - statistics.fmean(template),
         "p_above_template": p_above(auto, template),
     }
+
+
+def ratio(value: float, base: float) -> float:
+    """value / base; a short budget can leave every defaults trial at 0 mAP."""
+    return value / base if base > 0 else float("inf")
 
 
 def p_above(values: list[float], others: list[float]) -> float:

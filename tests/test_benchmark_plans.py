@@ -100,3 +100,8 @@ def test_the_goal_holds_beyond_the_noise_only_when_the_margin_is_far_above_the_s
     on_the_mark = bp.goal([0.24, 0.25, 0.23, 0.24, 0.24], defaults, template=[0.30, 0.31, 0.29, 0.30, 0.30])
     assert on_the_mark["p_above_goal_ratio"] == pytest.approx(0.5)
     assert on_the_mark["p_above_template"] > 0.99 and on_the_mark["auto_minus_template"] < 0
+
+
+def test_defaults_that_learned_nothing_give_an_infinite_ratio_not_a_crash():
+    nothing = bp.goal([0.05, 0.06, 0.04], defaults=[0.0, 0.0, 0.0], template=[0.0, 0.01, 0.0])
+    assert nothing["auto_over_defaults"] == float("inf") and nothing["p_above_goal_ratio"] < 0.05
