@@ -51,6 +51,21 @@ def test_a_different_plan_or_seed_is_another_training(key):
     assert len({key("auto"), key("defaults"), key("template"), key("no_warmup_rule"), key("auto", 1)}) == 5
 
 
+def training_arguments(cfg) -> dict:
+    plan = bp.resolve_plan(cfg, bp.train_stage.read_facts(cfg))
+    return bp.train_stage.train_arguments(cfg, plan, Path("data.yaml"), Path("run"))
+
+
+def test_the_template_is_written_by_hand_ultralytics_defaults_where_it_is_silent(config_of):
+    template, auto = training_arguments(config_of("template")), training_arguments(config_of("auto"))
+    written = bp.TEMPLATES["thermal"]
+    assert {key: template[key] for key in written} == written
+    silent = {key: value for key, value in bp.ULTRALYTICS.items() if key not in written}
+    assert {key: template[key] for key in silent} == silent and template["cos_lr"] is False
+    # the plan derives other values there, so a template that borrowed them would fail above
+    assert auto["close_mosaic"] != silent["close_mosaic"] and auto["cos_lr"] is True
+
+
 def trial(config: str, score: float):
     return bp.Trial("synthetic_thermal", config, 0, "test", score, 20, False, 1.0, {"a.jpg": [1, 0, 0]})
 
