@@ -83,6 +83,7 @@ ULTRALYTICS = {
     "mixup": 0.0,
     "copy_paste": 0.0,
     "cls_pw": 0.0,
+    "cos_lr": False,
 }
 # Guide 12.1 (thermal wildlife) and 12.2 (RGB vehicles) as a user copies them: every line but the budget
 # (epochs, patience, batch, imgsz, model) and the machine (device, workers, amp). Their copy_paste (0.2,
@@ -122,9 +123,9 @@ def overrides_for(
     if config == "adamw_lr":
         return [f"train.lr0={ultralytics_adamw_lr(classes)}"]
     if config == "defaults":
-        values = ULTRALYTICS | {"optimizer": "auto", "cos_lr": False}
+        values = ULTRALYTICS | {"optimizer": "auto"}
     elif config == "template":  # by hand: what the template leaves out is Ultralytics' default
-        values = ULTRALYTICS | {"cos_lr": False} | TEMPLATES[sensor]
+        values = ULTRALYTICS | TEMPLATES[sensor]
     else:
         values = {key: ULTRALYTICS[key] for key in ABLATIONS[config]}
     unsafe = sensor == "thermal" and (values.get("hsv_h") or values.get("hsv_s"))
@@ -176,15 +177,21 @@ def trial_key(cfg, dataset: str) -> str:
     """What makes two trials one training: the prepared data, and every value Ultralytics gets (the
     resolved plan, so a rule change retrains `auto` while `defaults` is reused; a distill trial's
     teacher lives in a temporary folder, so it never is)."""
-    plan = resolve_plan(cfg, train_stage.read_facts(cfg))
-    arguments = train_stage.train_arguments(cfg, plan, Path("data.yaml"), Path("run"))
-    fixed = {k: as_float(v) for k, v in arguments.items() if k not in ("data", "project", "name")}
+    fixed = {
+        k: as_float(v) for k, v in training_arguments(cfg).items() if k not in ("data", "project", "name")
+    }
     relevant = fixed | {
         "model": cfg.model.name,
         "dataset": dataset,
         "data": read_dataset_hash(Artifacts.of(cfg).dataset),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_arguments(cfg) -> dict:
+    """What Ultralytics' train() receives for this trial (data and run folders are placeholders)."""
+    plan = resolve_plan(cfg, train_stage.read_facts(cfg))
+    return train_stage.train_arguments(cfg, plan, Path("data.yaml"), Path("run"))
 
 
 def as_float(value):

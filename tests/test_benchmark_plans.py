@@ -51,13 +51,8 @@ def test_a_different_plan_or_seed_is_another_training(key):
     assert len({key("auto"), key("defaults"), key("template"), key("no_warmup_rule"), key("auto", 1)}) == 5
 
 
-def training_arguments(cfg) -> dict:
-    plan = bp.resolve_plan(cfg, bp.train_stage.read_facts(cfg))
-    return bp.train_stage.train_arguments(cfg, plan, Path("data.yaml"), Path("run"))
-
-
 def test_the_template_is_written_by_hand_ultralytics_defaults_where_it_is_silent(config_of):
-    template, auto = training_arguments(config_of("template")), training_arguments(config_of("auto"))
+    template, auto = bp.training_arguments(config_of("template")), bp.training_arguments(config_of("auto"))
     written = bp.TEMPLATES["thermal"]
     assert {key: template[key] for key in written} == written
     silent = {key: value for key, value in bp.ULTRALYTICS.items() if key not in written}
