@@ -18,6 +18,10 @@ none; the split is printed):
 - each `--variant NAME OVERRIDE...`: the auto plan with those Hydra overrides, to test a rule idea at
   the same budget before changing the rule (`--variant close_mosaic_5 train.close_mosaic=5`).
 
+`--set OVERRIDE...` applies Hydra overrides to every trial of every configuration, for data none of
+the rules was chosen on: `--datasets synthetic_thermal --set data.synthetic.seed=1` generates a fresh
+synthetic set (its own frames and split; the journal tells it from seed 0's by the prepared data).
+
 Prints mean and standard deviation of mAP50-95 over the seeds, how often early stopping fired, and
 for each configuration whether its difference from `auto` is larger than the seed noise (Welch's
 t-test on mAP50-95, p < 0.05) and the paired bootstrap interval of its F1 difference from `auto` on
@@ -32,6 +36,7 @@ so a changed rule retrains `auto` and nothing else): a killed benchmark resumes 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_plans.py [--datasets thermal_dogs_people bccd
         synthetic_thermal] [--configs defaults template auto ...] [--seeds 3] [--epochs 20]
         [--imgsz 128] [--batch 16] [--out reports/plans] [--variant NAME OVERRIDE... ...]
+        [--set OVERRIDE...]
 
 The real datasets need ../shared (conf/data points there).
 """
@@ -442,10 +447,18 @@ def main() -> None:
         help="one more configuration: the auto plan with these Hydra overrides, e.g. "
         "--variant close_mosaic_5 train.close_mosaic=5 (repeatable; a rule idea tested at equal budget)",
     )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="OVERRIDE",
+        help="Hydra overrides for every trial, e.g. data.synthetic.seed=1 (a fresh synthetic set)",
+    )
     args = parser.parse_args()
     variants = parse_variants(parser, args.variant)
     configs = [*args.configs, *variants]
     budget = [f"train.epochs={args.epochs}", f"train.imgsz={args.imgsz}", f"train.batch={args.batch}"]
+    budget += args.set
     trials: list[Trial] = []
     teachers: list[Trial] = []
     args.out.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,14 @@ def test_a_different_plan_or_seed_is_another_training(key):
     assert len({key("auto"), key("defaults"), key("template"), key("no_warmup_rule"), key("auto", 1)}) == 5
 
 
+def test_a_fresh_synthetic_set_is_another_training_for_every_configuration(key, tmp_path):
+    """--set data.synthetic.seed=1: other frames, so no configuration reuses a seed-0 trial."""
+    base = bp.prepared_base(tmp_path, "synthetic_thermal", [*BUDGET, "data.synthetic.seed=1"])
+    for config in ("defaults", "template", "auto"):
+        cfg = bp.trial_config(tmp_path, base, "synthetic_thermal", config, 0)
+        assert bp.trial_key(cfg, "synthetic_thermal") != key(config)
+
+
 def test_the_template_is_written_by_hand_ultralytics_defaults_where_it_is_silent(config_of):
     template, auto = bp.training_arguments(config_of("template")), bp.training_arguments(config_of("auto"))
     written = bp.TEMPLATES["thermal"]
