@@ -14,7 +14,8 @@ none; the split is printed):
   model (`--teacher-model`, yolo11s) trained once per dataset with the auto plan for
   `--teacher-epochs` (3x the budget), seed 0; the teacher's own score is printed beside;
 - `no_<group>`: the auto plan with one group of rules set back to Ultralytics' defaults
-  (small-object augmentation, lr scaling, warmup, patience, close_mosaic, the sensor's augmentation);
+  (small-object augmentation, lr scaling, warmup, patience, close_mosaic, a step every batch, the
+  sensor's augmentation);
 - each `--variant NAME OVERRIDE...`: the auto plan with those Hydra overrides, to test a rule idea at
   the same budget before changing the rule (`--variant close_mosaic_5 train.close_mosaic=5`).
 
@@ -78,6 +79,7 @@ ULTRALYTICS = {
     "warmup_epochs": 3.0,
     "patience": 100,
     "close_mosaic": 10,
+    "nbs": 64,
     "hsv_h": 0.015,
     "hsv_s": 0.7,
     "hsv_v": 0.4,
@@ -105,6 +107,7 @@ ABLATIONS = {
     "no_warmup_rule": ("warmup_epochs",),
     "no_patience_rule": ("patience",),
     "no_close_mosaic_rule": ("close_mosaic",),
+    "no_step_every_batch": ("nbs",),  # gradients accumulate to 64 images per step again
     # the sensor's augmentation strengths (guide 5.3.2 / 12.2); hue and saturation stay as the sensor has them
     "no_sensor_augmentation": ("hsv_v", "degrees", "translate", "scale", "mosaic", "mixup", "copy_paste"),
 }

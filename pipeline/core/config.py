@@ -141,6 +141,7 @@ class TrainConfig:
     time_hours: Any
     imgsz: Any
     batch: Any
+    nbs: Any  # Ultralytics' nominal batch: gradients accumulate to it before an optimizer step
     workers: Any
     lr0: Any
     lrf: float
@@ -168,6 +169,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "patience", "batch", "workers", "close_mosaic"):
             require_auto_or_number(f"train.{key}", getattr(self, key))
+        require_auto_or_number("train.nbs", self.nbs, minimum=1)
         for key in ("lr0", "warmup_epochs", "cls_pw", *AUGMENTATION_KEYS):
             require_auto_or_number(f"train.{key}", getattr(self, key))
         require_auto_or_number("train.time_hours", self.time_hours, nullable=True)

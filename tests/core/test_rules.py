@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.core import rules
 from pipeline.core.compose import compose_config
-from pipeline.core.errors import GuardrailError
+from pipeline.core.errors import ConfigError, GuardrailError
 from pipeline.core.rules import DatasetFacts, resolve_plan
 
 
@@ -188,6 +188,23 @@ def test_training_batch_is_capped_by_the_nominal_batch_and_the_dataset_size():
     assert value == 16 and ">= 16 batches" in reason
     dgx = compose_config(["hardware=dgx_spark", "model=yolo11l"])
     assert rules.training_batch_rule(dgx, 640, facts(train_images=50000))[0] == 128  # template 12.4
+
+
+def test_a_short_run_steps_the_optimizer_every_batch():
+    """142 images for 20 epochs at batch 16: Ultralytics' nbs 64 leaves 3 steps an epoch, 60 in all."""
+    value, reason = rules.nominal_batch_rule(16, 1, facts(train_images=142), 20)
+    assert value == 16 and "180 optimizer steps instead of 60" in reason
+    assert rules.nominal_batch_rule(16, 1, facts(train_images=50000), 300)[0] == 64  # 234,600 steps
+    assert rules.nominal_batch_rule(16, 1, None, 20)[0] == 64  # no analyze: the size is unknown
+    assert rules.nominal_batch_rule(128, 1, facts(train_images=142), 20)[0] == 64  # one step a batch already
+    value, reason = rules.nominal_batch_rule(64, 8, facts(train_images=1000), 20)
+    assert value == 8 and "320 optimizer steps instead of 40" in reason  # Ultralytics' nbs is per device
+
+
+def test_an_explicit_nominal_batch_wins_and_a_bad_one_names_its_key():
+    assert resolve_plan(compose_config(["train.nbs=64"]), facts(train_images=142)).value("nbs") == 64
+    with pytest.raises(ConfigError, match=r"train\.nbs"):
+        compose_config(["train.nbs=0"])
 
 
 def test_the_cpu_profile_caps_epochs_by_count_not_by_clock():

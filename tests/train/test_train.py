@@ -11,12 +11,14 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.artifacts import TrainRun
 from pipeline.core.compose import compose_config, write_params
 from pipeline.core.faults import KILL_ENV
 from pipeline.core.io import read_json
+from pipeline.data.analyze import run as analyze
 from pipeline.data.prepare import run as prepare
 from pipeline.train import stage as train
 from pipeline.train.callbacks import EpochLogger, global_world_size
@@ -36,6 +38,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     cfg = compose_config(tiny_overrides(root, images=24))
     prepare(cfg)
+    analyze(cfg)
     return cfg, train.run(cfg)
 
 
@@ -48,6 +51,16 @@ def test_training_writes_plan_metrics_and_run_id(trained):
     assert read_json(report / "run.json")["run_id"] == result.run_id
     assert set(read_json(report / "metrics.json")) >= {"mAP50", "mAP50-95", "precision", "recall"}
     assert result.weights.exists() and result.epochs_completed == 2
+
+
+def test_ultralytics_steps_the_optimizer_every_batch_on_a_short_run(trained):
+    """The plan's nbs reaches Ultralytics, which then accumulates round(nbs / batch) = 1 batch per step."""
+    cfg, _ = trained
+    plan = read_json(Path(cfg.paths.train_report) / "plan.json")
+    nbs = next(d for d in plan["decisions"] if d["key"] == "nbs")
+    assert nbs["value"] == cfg.train.batch and "a step every batch" in nbs["reason"]
+    args = yaml.safe_load((Path(cfg.paths.train) / "args.yaml").read_text())
+    assert (args["nbs"], args["batch"]) == (cfg.train.batch, cfg.train.batch)
 
 
 def test_mlflow_run_has_params_lineage_epochs_and_artifacts(trained):
