@@ -26,10 +26,10 @@ run: setup  ## run the whole pipeline on the embedded synthetic thermal data, th
 	@echo "All metrics: $(BIN)/dvc metrics show   Runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: setup  ## run the test suite (CPU, tiny data; the real-data tests need ../shared/datasets)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n auto --maxprocesses 4
 
 test-fast: setup  ## skip the slow tests (real datasets, longer training)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m "not slow"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n auto --maxprocesses 4 -m "not slow"
 
 lint: setup  ## ruff check and format check
 	$(BIN)/ruff check .

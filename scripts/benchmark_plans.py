@@ -32,10 +32,12 @@ the test images (at the evaluate stage's thresholds; images and both sides' seed
 Each finished trial is also appended to --out/trials.jsonl. A rerun with the same --out reuses every
 trial whose training would be the same (the prepared data, the seed and every value Ultralytics gets,
 so a changed rule retrains `auto` and nothing else): a killed benchmark resumes where it stopped, and
-`--seeds 5` after `--seeds 3` trains only seeds 3 and 4.
+`--seeds 5` after `--seeds 3` trains only seeds 3 and 4. Two processes or machines split the seeds
+with `--first-seed`: `--seeds 3` in one, `--first-seed 3 --seeds 2` in the other, then both
+journals `cat` into one --out and `--seeds 5` there prints the table of all five, training nothing.
 
     PYTHONPATH=. .venv/bin/python scripts/benchmark_plans.py [--datasets thermal_dogs_people bccd
-        synthetic_thermal] [--configs defaults template auto ...] [--seeds 3] [--epochs 20]
+        synthetic_thermal] [--configs defaults template auto ...] [--seeds 3] [--first-seed 0] [--epochs 20]
         [--imgsz 128] [--batch 16] [--out reports/plans] [--variant NAME OVERRIDE... ...]
         [--set OVERRIDE...]
 
@@ -433,6 +435,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--seeds", type=int, default=3, help="trainings per configuration (seed 0..N-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="start at this seed (K..K+N-1)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--imgsz", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
@@ -477,7 +480,7 @@ def main() -> None:
                 teachers.append(trial)
                 named["distill"] = [f"train.distill.teacher={teacher}"]
             for config in configs:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     cfg = trial_config(Path(tmp), base, dataset, config, seed, named)
                     key = trial_key(cfg, dataset)
                     if key in done:

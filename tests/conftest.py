@@ -12,8 +12,60 @@ from pipeline.core.yolo import import_ultralytics
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# `make test` runs a pytest-xdist worker per core (CI: two): one thread each, or they fight.
+os.environ.setdefault("OMP_NUM_THREADS", "1" if "PYTEST_XDIST_WORKER" in os.environ else "2")
 import_ultralytics()  # before any test imports Ultralytics: project settings dir, integrations off
+
+# The modules that use the session's `tiny_pipeline` (two pipeline executions, 4 minutes): one unit
+# of work for pytest-xdist, so that it is built once.
+TINY_PIPELINE_MODULES = (
+    "tests/test_dvc_sees_changes.py",
+    "tests/test_notebooks.py",
+    "tests/test_pipeline_dvc.py",
+)
+# The longest units of a `--durations` run (2026-12-07, 2 cores), started first so that none of them
+# starts last while the other workers idle; the rest follow in collection order.
+LONGEST_FIRST = (
+    "tests/ops/test_retrain.py",
+    "tiny_pipeline",
+    "tests/train/test_resume_kills.py",
+    "tests/evaluate/test_evaluate_kills.py",
+    "tests/ops/test_sweep.py",
+    "tests/deploy/test_export_kills.py",
+    "tests/ops/test_sweep_pareto.py",
+    "tests/train/test_ddp_cpu.py",
+    "tests/ops/test_sweep_submitit.py",
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """What pytest-xdist hands to one worker whole: a module, its tests in file order (test_retrain's
+    scenarios build on each other, module fixtures are built once), or the tiny_pipeline modules."""
+    module = nodeid.split("::", 1)[0]
+    return "tiny_pipeline" if module in TINY_PIPELINE_MODULES else module
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which would pick a scheduler from --dist
+def pytest_xdist_make_scheduler(config, log):
+    # Not `--dist loadgroup` with xdist_group marks: with pytest 9.2 those are silently ignored
+    # (pytest-dev/pytest-xdist#1386), and every test would be scheduled on its own.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unlisted = {item.nodeid.split("::", 1)[0] for item in items if "tiny_pipeline" in item.fixturenames}
+    if unlisted - set(TINY_PIPELINE_MODULES):
+        raise pytest.UsageError(
+            f"add {sorted(unlisted - set(TINY_PIPELINE_MODULES))} to TINY_PIPELINE_MODULES"
+        )
+    rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: file order kept
 
 
 def tiny_overrides(root: Path, images: int = 32, size: int = 64) -> list[str]:
