@@ -59,10 +59,12 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    unlisted = {item.nodeid.split("::", 1)[0] for item in items if "tiny_pipeline" in item.fixturenames}
-    if unlisted - set(TINY_PIPELINE_MODULES):
+    """The longest units first; a new module that uses `tiny_pipeline` must join its unit."""
+    users = {item.nodeid.split("::", 1)[0] for item in items if "tiny_pipeline" in item.fixturenames}
+    if unlisted := sorted(users - set(TINY_PIPELINE_MODULES)):
         raise pytest.UsageError(
-            f"add {sorted(unlisted - set(TINY_PIPELINE_MODULES))} to TINY_PIPELINE_MODULES"
+            f"{unlisted} use tiny_pipeline: add them to TINY_PIPELINE_MODULES in tests/conftest.py, or "
+            "pytest-xdist builds it once more on another worker"
         )
     rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: file order kept
