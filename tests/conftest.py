@@ -18,6 +18,7 @@ import_ultralytics()  # before any test imports Ultralytics: project settings di
 
 # The modules that use the session's `tiny_pipeline` (two pipeline executions, 4 minutes): one unit
 # of work for pytest-xdist, so that it is built once.
+TINY_PIPELINE_UNIT = "tiny_pipeline"
 TINY_PIPELINE_MODULES = (
     "tests/test_dvc_sees_changes.py",
     "tests/test_notebooks.py",
@@ -27,7 +28,7 @@ TINY_PIPELINE_MODULES = (
 # starts last while the other workers idle; the rest follow in collection order.
 LONGEST_FIRST = (
     "tests/ops/test_retrain.py",
-    "tiny_pipeline",
+    TINY_PIPELINE_UNIT,
     "tests/train/test_resume_kills.py",
     "tests/evaluate/test_evaluate_kills.py",
     "tests/ops/test_sweep.py",
@@ -38,11 +39,15 @@ LONGEST_FIRST = (
 )
 
 
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def work_unit(nodeid: str) -> str:
     """What pytest-xdist hands to one worker whole: a module, its tests in file order (test_retrain's
     scenarios build on each other, module fixtures are built once), or the tiny_pipeline modules."""
-    module = nodeid.split("::", 1)[0]
-    return "tiny_pipeline" if module in TINY_PIPELINE_MODULES else module
+    module = module_of(nodeid)
+    return TINY_PIPELINE_UNIT if module in TINY_PIPELINE_MODULES else module
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which would pick a scheduler from --dist
@@ -60,7 +65,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest units first; a new module that uses `tiny_pipeline` must join its unit."""
-    users = {item.nodeid.split("::", 1)[0] for item in items if "tiny_pipeline" in item.fixturenames}
+    users = {module_of(item.nodeid) for item in items if "tiny_pipeline" in item.fixturenames}
     if unlisted := sorted(users - set(TINY_PIPELINE_MODULES)):
         raise pytest.UsageError(
             f"{unlisted} use tiny_pipeline: add them to TINY_PIPELINE_MODULES in tests/conftest.py, or "
